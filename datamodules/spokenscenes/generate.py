@@ -1,0 +1,237 @@
+"""Generate a SpokenScenes data set: images + masks, captions, espeak-ng speech with word timings, manifests.
+
+    generate(root, train=..., val=..., test=..., seed=0, image_size=128, workers=None, overwrite=False,
+             progress=True) -> dict
+
+Layout of `root` (paths in the manifests are relative to the base paths, which are relative to `root`):
+
+    info.json                                   generator version, arguments, vocabularies, espeak-ng version
+    {train,val,test}.json                       Places-format manifests (splits with 0 pairs are not written)
+    images/<letter>/<class>/ss_<split>_<i>.jpg  image_base_path = "images"
+    masks/<letter>/<class>/ss_<split>_<i>_<k>.png   mask_base_path = "masks", one mask per object (0/255)
+    wavs/<split>/<i // 1000>/ss_<split>_<i>.wav audio_base_path = "wavs", 16 kHz 16-bit PCM mono
+
+A manifest entry:
+
+    {"uttid": "<speaker>-ss_test_000007", "speaker": "en-gb-x-rp+f3", "asr_text": "a kitchen with a red star",
+     "wav": "test/000/ss_test_000007.wav", "image": "k/kitchen/ss_test_000007.jpg",
+     "words": [{"word": "a", "start": 0.05, "end": 0.11}, ...],
+     "objects": [{"name": "small red star", "colour": "red", "shape": "star", "size": "small",
+                  "rgb": [224, 31, 25], "mask": "k/kitchen/ss_test_000007_0.png", "box": [x0, y0, x1, y1],
+                  "word_index": [4, 5]}],
+     "scene": "kitchen", "scene_word_index": [1]}
+
+`box` is in pixels with x1, y1 exclusive; `word_index` lists the positions in `words` of the words that name
+the object (colour, shape and, when spoken, size; empty when the caption does not mention it);
+`scene_word_index` the same for the scene. Every pair draws from its own random generator, seeded by
+(seed, split, index): the output is the same whatever the number of workers, and the test split of a seed
+is the same whatever the train and val counts.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from PIL import Image
+from tqdm import tqdm
+
+from .captions import make_caption
+from .scenes import COLOURS, SCENE_NAMES, SHAPES, SIZES, draw_scene, place_path
+from .speech import SAMPLE_RATE, SPEAKERS, espeak_version, speak
+
+VERSION = "1.0"
+SPLITS = ("train", "val", "test")
+_SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
+_OUTPUTS = ("images", "masks", "wavs", "info.json", *(f"{s}.json" for s in SPLITS))
+RATE_RANGE = (150, 230)  # espeak words per minute
+PITCH_RANGE = (25, 75)  # espeak base pitch, 0-100
+INTONATION_RANGE = (20, 80)  # espeak pitch range, 0-100
+PEAK_RANGE = (0.3, 0.9)  # peak amplitude of the written wav
+SNR_RANGE = (40.0, 60.0)  # white-noise floor, dB below the peak
+
+
+def scene_of_image(image: str) -> str:
+    """Place class of a Places-style relative image path `<letter>/<class>/...`."""
+    return image.split("/")[1]
+
+
+def _make_pair(job: tuple[str, str, int, int, int]) -> tuple[dict, int]:
+    """Generate and write pair `index` of `split`; returns its manifest entry and the bytes written."""
+    root, split, index, seed, image_size = job
+    root = Path(root)
+    stem = f"ss_{split}_{index:06d}"
+    image_rng, caption_rng, voice_rng = map(np.random.default_rng,
+                                            np.random.SeedSequence([seed, _SPLIT_ID[split], index]).spawn(3))
+    scene = draw_scene(image_rng, image_size)
+    caption = make_caption(scene.name, scene.objects, caption_rng)
+    speaker = SPEAKERS[voice_rng.integers(len(SPEAKERS))]
+    rate = int(voice_rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1))
+    pitch = int(voice_rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
+    intonation = int(voice_rng.integers(INTONATION_RANGE[0], INTONATION_RANGE[1] + 1))
+    utterance = speak(caption.tokens, caption.text, speaker, rate, pitch, intonation,
+                      peak=float(voice_rng.uniform(*PEAK_RANGE)), noise_seed=int(voice_rng.integers(2**31)),
+                      snr_db=float(voice_rng.uniform(*SNR_RANGE)))
+
+    files = []
+    image = place_path(scene.name, f"{stem}.jpg")
+    files.append(root / "images" / image)
+    files[-1].parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scene.image).save(files[-1], quality=90)
+    objects = []
+    for k, (obj, word_index) in enumerate(zip(scene.objects, caption.object_index)):
+        mask = place_path(scene.name, f"{stem}_{k}.png")
+        files.append(root / "masks" / mask)
+        files[-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(obj.mask.astype(np.uint8) * 255).save(files[-1], optimize=True)
+        objects.append({"name": f"{obj.size} {obj.colour} {obj.shape}", "colour": obj.colour, "shape": obj.shape,
+                        "size": obj.size, "rgb": list(obj.rgb), "mask": mask, "box": list(obj.box),
+                        "word_index": word_index})
+    wav = f"{split}/{index // 1000:03d}/{stem}.wav"
+    files.append(root / "wavs" / wav)
+    files[-1].parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(files[-1], utterance.audio, SAMPLE_RATE, subtype="PCM_16")
+
+    entry = {
+        "uttid": f"{speaker}-{stem}",
+        "speaker": speaker,
+        "asr_text": caption.text,
+        "wav": wav,
+        "image": image,
+        "words": [{"word": w, "start": float(a), "end": float(b)} for w, a, b in utterance.words],
+        "objects": objects,
+        "scene": scene.name,
+        "scene_word_index": caption.scene_index,
+    }
+    return entry, sum(f.stat().st_size for f in files)
+
+
+def _write_manifest(path: Path, entries: list[dict]) -> int:
+    """Places-format JSON with one entry per line (valid JSON, readable diffs); returns the bytes written."""
+    head = json.dumps({"image_base_path": "images", "audio_base_path": "wavs", "mask_base_path": "masks"})
+    lines = [head[:-1] + ', "data": [']
+    lines += [json.dumps(e) + ("," if i < len(entries) - 1 else "") for i, e in enumerate(entries)]
+    lines.append("]}\n")
+    text = "\n".join(lines)
+    path.write_text(text)
+    return len(text.encode())
+
+
+def _check_args(train, val, test, seed, image_size, workers) -> None:
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    for name, value in (("train", train), ("val", val), ("test", test)):
+        if not is_int(value) or value < 0:
+            raise ValueError(f"--{name} must be a count >= 0, got {value!r}")
+    if train + val + test == 0:
+        raise ValueError("nothing to generate: --train, --val and --test are all 0")
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
+    if not is_int(image_size) or not 32 <= image_size <= 1024:
+        raise ValueError(f"--image-size must be an integer in [32, 1024], got {image_size!r}")
+    if workers is not None and (not is_int(workers) or workers < 1):
+        raise ValueError(f"--workers must be >= 1, got {workers!r}")
+
+
+def _prepare_root(root: Path, overwrite: bool) -> None:
+    """Make `root` an empty, writable folder; with `overwrite`, clear a previous SpokenScenes output."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--root {root}: exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise ValueError(f"--root {root}: exists and is not empty "
+                             "(pass --overwrite to replace a SpokenScenes folder)")
+        try:
+            ours = json.loads((root / "info.json").read_text()).get("generator") == "spokenscenes"
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:  # never delete a folder that we did not make
+            raise ValueError(f"--root {root}: refusing to overwrite, it holds no SpokenScenes info.json")
+        for name in _OUTPUTS:
+            path = root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".spokenscenes-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--root {root}: cannot write there ({err.strerror or err})") from None
+
+
+def _info(counts: dict, seed: int, image_size: int) -> dict:
+    return {
+        "generator": "spokenscenes",
+        "version": VERSION,
+        "args": {**counts, "seed": seed, "image_size": image_size},
+        "sample_rate": SAMPLE_RATE,
+        "espeak_ng": espeak_version(),
+        "scenes": list(SCENE_NAMES),
+        "shapes": list(SHAPES),
+        "colours": {name: list(rgb) for name, rgb in COLOURS.items()},
+        "sizes": {name: list(r) for name, r in SIZES.items()},
+        "speakers": list(SPEAKERS),
+        "speech": {"rate_wpm": RATE_RANGE, "pitch": PITCH_RANGE, "pitch_range": INTONATION_RANGE,
+                   "peak": PEAK_RANGE, "noise_db_below_peak": SNR_RANGE},
+    }
+
+
+def generate(root, train: int = 0, val: int = 0, test: int = 0, seed: int = 0, image_size: int = 128,
+             workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """Write a SpokenScenes data set under `root` (see the module doc) and return what was made and how fast.
+
+    Returns {"root", "counts", "manifests" (split -> path), "seconds", "pairs_per_second", "megabytes",
+    "mb_per_1000_pairs"}. Bad arguments raise ValueError with a message naming the argument."""
+    _check_args(train, val, test, seed, image_size, workers)
+    root = Path(root)
+    _prepare_root(root, overwrite)
+    counts = {"train": int(train), "val": int(val), "test": int(test)}
+    (root / "info.json").write_text(json.dumps(_info(counts, seed, image_size), indent=1) + "\n")
+
+    jobs = [(str(root), split, i, int(seed), int(image_size)) for split in SPLITS for i in range(counts[split])]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    start = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc="SpokenScenes", unit="pair", disable=not progress, smoothing=0.1)
+    results = []
+    if workers == 1:
+        for job in jobs:
+            results.append(_make_pair(job))
+            bar.update()
+    else:
+        # fork where there is one: workers start at once, without importing the (heavy) datamodules package
+        # again; each utterance loads its own espeak anyway (speech.py)
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(workers) as pool:
+            for result in pool.imap(_make_pair, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers)))):
+                results.append(result)
+                bar.update()
+    bar.close()
+
+    total_bytes = sum(nbytes for _, nbytes in results)
+    manifests, done = {}, 0
+    for split in SPLITS:
+        entries = [entry for entry, _ in results[done: done + counts[split]]]
+        done += counts[split]
+        if entries:
+            manifests[split] = str(root / f"{split}.json")
+            total_bytes += _write_manifest(root / f"{split}.json", entries)
+    seconds = time.perf_counter() - start
+    return {
+        "root": str(root),
+        "counts": counts,
+        "manifests": manifests,
+        "seconds": round(seconds, 3),
+        "pairs_per_second": round(len(jobs) / seconds, 2),
+        "megabytes": round(total_bytes / 1e6, 3),
+        "mb_per_1000_pairs": round(total_bytes / 1e6 / len(jobs) * 1000, 2),
+    }

@@ -1,0 +1,65 @@
+"""Data pipeline of VGS-Lightning: Places-format manifests -> log-mel + image batches (docs/architecture.md).
+
+    manifest.py      parse and validate manifests; place labels; BadSampleError / ManifestError
+    features.py      wav -> log-mel [40, T] (official DAVEnet recipe), pad_or_truncate
+    images.py        image loading and the named per-paper transforms
+    cache.py         memory-mapped float16 feature store (python -m datamodules.cache)
+    places_audio.py  PlacesAudioDataset, its collate and PlacesAudioDataModule
+
+The names below are imported on first use, so that `python -m datamodules.cache` and
+`import datamodules.spokenscenes` do not load the whole pipeline first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "BadSampleError": "manifest",
+    "Manifest": "manifest",
+    "ManifestError": "manifest",
+    "load_manifest": "manifest",
+    "place_label": "manifest",
+    "load_audio": "features",
+    "log_mel": "features",
+    "pad_or_truncate": "features",
+    "IMAGE_TRANSFORMS": "images",
+    "build_image_transform": "images",
+    "load_image": "images",
+    "FeatureCacheError": "cache",
+    "FeatureStore": "cache",
+    "build_cache": "cache",
+    "LengthBucketSampler": "places_audio",
+    "PlacesAudioCollate": "places_audio",
+    "PlacesAudioDataLoader": "places_audio",
+    "PlacesAudioDataModule": "places_audio",
+    "PlacesAudioDataset": "places_audio",
+    "SkippedSamplesWarning": "places_audio",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from .cache import FeatureCacheError, FeatureStore, build_cache
+    from .features import load_audio, log_mel, pad_or_truncate
+    from .images import IMAGE_TRANSFORMS, build_image_transform, load_image
+    from .manifest import BadSampleError, Manifest, ManifestError, load_manifest, place_label
+    from .places_audio import (
+        LengthBucketSampler,
+        PlacesAudioCollate,
+        PlacesAudioDataLoader,
+        PlacesAudioDataModule,
+        PlacesAudioDataset,
+        SkippedSamplesWarning,
+    )

@@ -1,0 +1,206 @@
+"""Places-format manifests: parsing, validation, image ids and place labels.
+
+A manifest is the JSON file the official loaders read (reference: dharwath/DAVEnet-pytorch
+`dataloaders/image_caption_dataset.py`; format in the Places Audio Caption distribution, `metadata/train.json`):
+
+    {"image_base_path": ".../images",          # relative paths are relative to the manifest's folder
+     "audio_base_path": ".../PlacesAudio_400k_distro",
+     "data": [{"uttid": "A2WQ...-GSUN_4213...", "speaker": "A2WQ...", "asr_text": "photos of ...",
+               "wav": "wavs/296/utterance_377328.wav", "image": "r/runway/gsun_4213....jpg", ...}, ...]}
+
+Required: the three top-level keys and, per item, `wav` and `image` (what the loaders use). `uttid`, `speaker`
+and `asr_text` are kept when present (empty strings otherwise); other item keys are allowed and ignored.
+
+Place labels come from the image path, Places-205 convention `<letter>/<class>[/<subclass>]/<file>`:
+`r/runway/gsun_x.jpg` -> `runway`, `a/apartment_building/outdoor/x.jpg` -> `apartment_building/outdoor`.
+Subclasses are kept as part of the label (Places-205 counts `apartment_building/outdoor` as its own class);
+any folders before the single-letter one (`images256/r/runway/x.jpg`) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+REQUIRED_TOP_KEYS = ("image_base_path", "audio_base_path", "data")
+REQUIRED_ITEM_KEYS = ("wav", "image")
+OPTIONAL_ITEM_KEYS = ("uttid", "speaker", "asr_text")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used: not JSON, a missing key, a wrong type. The message names the manifest."""
+
+
+class BadSampleError(ValueError):
+    """A wav or image that cannot be used (missing, empty, corrupt, undecodable).
+
+    The message names the file and the reason; `path` and `reason` are also kept as attributes. The single-string
+    constructor is kept working so that PyTorch can re-raise the error from a DataLoader worker with its type.
+    """
+
+    def __init__(self, message: str, path: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+    @classmethod
+    def for_file(cls, kind: str, path: str | os.PathLike, reason: str) -> "BadSampleError":
+        """`BadSampleError.for_file("wav", "a/b.wav", "file not found")` -> "bad wav a/b.wav: file not found"."""
+        return cls(f"bad {kind} {os.fspath(path)}: {reason}", path=os.fspath(path), reason=reason)
+
+
+def _bytes_array(strings: list[str]) -> np.ndarray:
+    # One numpy byte-string array instead of a list of Python str: DataLoader workers forked from the main
+    # process would otherwise copy every page the list touches (refcount writes), 400k items per worker.
+    return np.array([s.encode("utf-8") for s in strings], dtype=np.bytes_)
+
+
+def place_label(image_path: str) -> str:
+    """Scene class of a Places image path: `r/runway/x.jpg` -> `runway`; `a/apartment_building/outdoor/x.jpg` ->
+    `apartment_building/outdoor`. Raises ValueError when the path does not follow `<letter>/<class>[/...]/<file>`."""
+    parts = [p for p in image_path.replace("\\", "/").split("/") if p not in ("", ".")]
+    for k in range(len(parts) - 2):
+        if len(parts[k]) == 1:
+            return "/".join(parts[k + 1 : -1])
+    raise ValueError(
+        f"cannot read a place label from image path {image_path!r}: expected the Places layout "
+        "<letter>/<class>[/<subclass>]/<file>, e.g. r/runway/x.jpg"
+    )
+
+
+@dataclass
+class Manifest:
+    """A parsed, validated Places-format manifest.
+
+    Paths are stored relative to the two base folders (resolved to absolute folders here); use `wav_path(i)` and
+    `image_path(i)`. `image_id[i]` numbers the distinct image paths of this manifest (sorted by path), so captions
+    that share an image share an id.
+    """
+
+    path: str
+    audio_base: str
+    image_base: str
+    wavs: np.ndarray  # [N] bytes, relative to audio_base
+    images: np.ndarray  # [N] bytes, relative to image_base
+    uttids: np.ndarray
+    speakers: np.ndarray
+    image_id: np.ndarray = field(init=False)  # [N] int64
+
+    def __post_init__(self) -> None:
+        _, inverse = np.unique(self.images, return_inverse=True)
+        self.image_id = inverse.astype(np.int64).reshape(-1)
+
+    def __len__(self) -> int:
+        return len(self.wavs)
+
+    def wav_path(self, i: int) -> str:
+        return os.path.join(self.audio_base, self.wavs[i].decode("utf-8"))
+
+    def image_path(self, i: int) -> str:
+        return os.path.join(self.image_base, self.images[i].decode("utf-8"))
+
+    def wav_paths(self) -> list[str]:
+        return [self.wav_path(i) for i in range(len(self))]
+
+    def place_names(self) -> np.ndarray:
+        """Place label of every item ([N] str array); ManifestError naming the item if a path does not parse."""
+        unique, inverse = np.unique(self.images, return_inverse=True)
+        names = []
+        for u in unique:  # one parse per distinct image, not per caption
+            try:
+                names.append(place_label(u.decode("utf-8")))
+            except ValueError as err:
+                item = int(np.flatnonzero(self.images == u)[0])
+                raise ManifestError(f"{self.path}: item {item}: {err}") from None
+        return np.array(names, dtype=object)[inverse.reshape(-1)]
+
+    def missing_files(self, limit: int | None = None) -> list[tuple[int, str, str]]:
+        """(item, kind, path) of wavs and images that do not exist (a cheap os.path.exists per file)."""
+        missing = []
+        seen_images: dict[bytes, bool] = {}
+        for i in range(len(self)):
+            if not os.path.exists(self.wav_path(i)):
+                missing.append((i, "wav", self.wav_path(i)))
+            rel = self.images[i]
+            if rel not in seen_images:
+                seen_images[rel] = os.path.exists(self.image_path(i))
+            if not seen_images[rel]:
+                missing.append((i, "image", self.image_path(i)))
+            if limit is not None and len(missing) >= limit:
+                break
+        return missing
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate a Places-format manifest. Raises ManifestError naming the manifest, the key and the item."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"manifest {path} is not valid JSON: {err}") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as err:
+        raise ManifestError(f"cannot read manifest {path}: {err}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"manifest {path}: expected a JSON object with keys {list(REQUIRED_TOP_KEYS)}, "
+                            f"got {type(raw).__name__}")
+    for key in REQUIRED_TOP_KEYS:
+        if key not in raw:
+            raise ManifestError(f"manifest {path}: missing required key {key!r}")
+    for key in ("image_base_path", "audio_base_path"):
+        if not isinstance(raw[key], str):
+            raise ManifestError(f"manifest {path}: {key!r} must be a string, got {type(raw[key]).__name__}")
+    data = raw["data"]
+    if not isinstance(data, list):
+        raise ManifestError(f"manifest {path}: 'data' must be a list of items, got {type(data).__name__}")
+    if not data:
+        raise ManifestError(f"manifest {path}: 'data' is empty (no items)")
+
+    folder = os.path.dirname(path)
+    columns: dict[str, list[str]] = {k: [] for k in REQUIRED_ITEM_KEYS + OPTIONAL_ITEM_KEYS}
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ManifestError(f"manifest {path}: item {i} must be an object, got {type(item).__name__}")
+        for key in REQUIRED_ITEM_KEYS:
+            value = item.get(key)
+            if value is None:
+                raise ManifestError(f"manifest {path}: item {i} is missing required key {key!r}")
+            if not isinstance(value, str) or not value:
+                raise ManifestError(f"manifest {path}: item {i}: {key!r} must be a non-empty string, got {value!r}")
+            columns[key].append(value)
+        for key in OPTIONAL_ITEM_KEYS:
+            columns[key].append(str(item.get(key, "")))
+
+    return Manifest(
+        path=path,
+        audio_base=os.path.join(folder, os.path.expanduser(raw["audio_base_path"])),
+        image_base=os.path.join(folder, os.path.expanduser(raw["image_base_path"])),
+        wavs=_bytes_array(columns["wav"]),
+        images=_bytes_array(columns["image"]),
+        uttids=_bytes_array(columns["uttid"]),
+        speakers=_bytes_array(columns["speaker"]),
+    )
+
+
+def build_label_map(names) -> dict[str, int]:
+    """Sorted distinct class names -> ids 0..C-1."""
+    return {name: i for i, name in enumerate(sorted(set(names)))}
+
+
+def place_ids(names: np.ndarray, label_map: dict[str, int], manifest: str = "") -> np.ndarray:
+    """Map place names to ids; ValueError naming the class and the manifest for a class not in `label_map`."""
+    unique, inverse = np.unique(names.astype(str), return_inverse=True)
+    unknown = [u for u in unique if u not in label_map]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (f" ... ({len(unknown)} in all)" if len(unknown) > 5 else "")
+        raise ValueError(
+            f"place class(es) {shown} of manifest {manifest or '?'} are not in the label map built from the "
+            f"training manifest ({len(label_map)} classes); every val/test/predict class must occur in training"
+        )
+    ids = np.array([label_map[u] for u in unique], dtype=np.int64)
+    return ids[inverse.reshape(-1)]

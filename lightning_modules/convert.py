@@ -1,0 +1,425 @@
+"""Convert the official DAVEnet-pytorch and ResDAVEnet-VQ checkpoints into VGS-Lightning checkpoints.
+
+    python -m lightning_modules.convert --from davenet-pytorch \
+        --audio best_audio_model.pth --image best_image_model.pth --out davenet_official.ckpt
+    python cli.py test --config configs/davenet.yaml --ckpt_path davenet_official.ckpt
+
+    python -m lightning_modules.convert --from resdavenet-vq \
+        --audio audio_model.pth --image image_model.pth --out resdavenet_official.ckpt
+    python cli.py test --config configs/resdavenet.yaml --ckpt_path resdavenet_official.ckpt
+
+    --from            audio file (official class)          image file (official class)         our module
+    davenet-pytorch   Davenet: batchnorm1, conv1..conv5    VGG16: image_model.0..30            davenet.DAVEnet
+    resdavenet-vq     ResDavenetVQ (VQ layers off)         Resnet50: torchvision + embedder    resdavenet.ResDAVEnet
+
+The architecture is read off the weights: DAVEnet's embedding size from `conv5` (and the image's `image_model.30`,
+which must agree); ResDAVEnet's stem and stage widths, blocks per stage and kernel width from `conv1` and the
+`layerK.J.*` keys. The written checkpoint stores those as hyperparameters with LightningCLI's `_class_path`, so
+`cli.py test --ckpt_path` rebuilds this architecture whatever the config says, and
+`DAVEnet.load_from_checkpoint(path)` works too. Settings that change what the model computes are pinned to the
+official ones: `pretrained_image: false` (the weights come from the file), `normalize_outputs: false`, the official
+similarity (DAVEnet MISA, the `--simtype` default; ResDAVEnet SISA, which equals its "pooldot"). LightningCLI lets a
+checkpoint's hyperparameters override the config and the command line, so to evaluate with another similarity,
+convert again with `--similarity SIMA` (or `similarity_kind=` in the Python API) rather than `--model.*`.
+
+Keys: DataParallel's `module.` prefix is stripped; BatchNorm `num_batches_tracked` may be present or absent;
+ResDAVEnet-VQ's `batchnorm1` (defined but never called in its forward) is dropped; the VQ codebooks `quant<k>.*`
+(VQ layers are not part of this project) are set aside under the checkpoint's `"unused_official_state"` with a
+warning, since a model trained with VQ on computes something else without them. Any other unknown, missing or
+misshaped key is an error naming the file and the keys.
+
+The checkpoint holds weights only (no optimiser or loop state): use it with `test`, `validate`, `predict` or
+`load_from_checkpoint`, not to resume `fit`.
+
+References: Harwath et al., ECCV 2018 (github.com/dharwath/DAVEnet-pytorch); Hsu, Harwath, Glass, Interspeech 2019
+and Harwath, Hsu, Glass, ICLR 2020 (github.com/wnhsu/ResDAVEnet-VQ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from .base import RetrievalModule
+from .davenet import DAVEnet
+from .resdavenet import ResDAVEnet
+from .similarity import SIMILARITY_KINDS
+
+# How LightningCLI itself marks a checkpoint's hyperparameters (pytorch_lightning.cli._InstantiatorFn):
+# `load_from_checkpoint` then rebuilds the class through jsonargparse, and `cli.py --ckpt_path` reads them back.
+CLI_INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
+
+VQ_KEY = re.compile(r"^quant\d+\.")
+STAGE_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
+
+
+class ConversionError(ValueError):
+    """An official checkpoint that does not fit the layout of the source it was given as."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """How one official code base's checkpoints map onto one of our modules."""
+
+    module: type[RetrievalModule]
+    audio_class: str  # the official classes, for messages
+    image_class: str
+    infer: Callable[[dict, dict, str, str], dict]  # (audio, image, audio_name, image_name) -> init args
+    image_renames: tuple[tuple[str, str], ...] = ()  # (official prefix, ours), after `module.` is stripped
+    dropped_audio: tuple[str, ...] = ()  # audio key prefixes that the official forward never uses
+    vq_aside: bool = False  # `quant<k>.*` audio keys (VQ codebooks) are set aside rather than rejected
+    # init args that fix the architecture or the weights: inferred, never overridden to something else
+    arch_args: tuple[str, ...] = ()
+
+    @property
+    def class_path(self) -> str:
+        return f"{self.module.__module__}.{self.module.__name__}"
+
+
+# ---- reading and key handling ------------------------------------------------------------------------------
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A state dict (name -> tensor) saved with `torch.save`; a clear error for anything else."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConversionError(f"{path}: not a readable torch state dict file ({err})") from err
+    return as_state_dict(state, path)
+
+
+def as_state_dict(state: Any, name: str) -> dict[str, Tensor]:
+    """Check that `state` maps parameter names to tensors (as the official trainers save them)."""
+    if not isinstance(state, Mapping):
+        raise ConversionError(f"{name}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if not_tensors:
+        hint = " (a Lightning checkpoint? it needs no conversion)" if "state_dict" in state else ""
+        raise ConversionError(
+            f"{name}: expected a state dict (parameter name -> tensor), but {_listing(not_tensors)} "
+            f"{'is' if len(not_tensors) == 1 else 'are'} not tensors{hint}"
+        )
+    return dict(state)
+
+
+def strip_dataparallel(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], bool]:
+    """Remove `nn.DataParallel`'s `module.` prefix (both official trainers save through it); also say if any was."""
+    out, stripped = {}, False
+    for key, value in state.items():
+        while key.startswith("module."):
+            key, stripped = key[len("module."):], True
+        out[key] = value
+    return out, stripped
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _shape(state: Mapping[str, Tensor], key: str, name: str, what: str) -> tuple[int, ...]:
+    if key not in state:
+        raise ConversionError(
+            f"{name}: no {key!r}, so this is not a {what} state dict (its keys: {_listing(sorted(state), 8)})"
+        )
+    return tuple(state[key].shape)
+
+
+def rename(key: str, renames: tuple[tuple[str, str], ...], back: bool = False) -> str:
+    """Apply the first matching (official prefix, our prefix) pair to `key`; `back=True` goes from ours to official."""
+    for official, ours in renames:
+        old, new = (ours, official) if back else (official, ours)
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def match_keys(
+    net: nn.Module, official: Mapping[str, Tensor], renames: tuple[tuple[str, str], ...], name: str
+) -> dict[str, Tensor]:
+    """The official tensors under `net`'s keys; a ConversionError naming `name` and the keys if they do not fit.
+
+    `renames`: (official prefix, our prefix) pairs. Every key of `net` must be given with its shape, except
+    BatchNorm's `num_batches_tracked` (older files lack it; ours then stays 0); any other key is an error.
+    `net` may live on the meta device: only its keys and shapes are read.
+    """
+    own = net.state_dict()
+    mapped = {rename(k, renames): (k, v) for k, v in official.items()}
+    missing = [rename(k, renames, back=True) for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
+    unexpected = [off for ours, (off, _) in mapped.items() if ours not in own]
+    misshaped = [
+        f"{off} {tuple(v.shape)} (expected {tuple(own[ours].shape)})"
+        for ours, (off, v) in mapped.items()
+        if ours in own and v.shape != own[ours].shape
+    ]
+    if missing or unexpected or misshaped:
+        lines = [f"{name} does not fit {type(net).__name__} (the architecture inferred from the weights):"]
+        if unexpected:
+            lines.append(f"  unknown keys: {_listing(unexpected)}")
+        if missing:
+            lines.append(f"  missing keys: {_listing(missing)}")
+        if misshaped:
+            lines.append(f"  wrong shapes: {_listing(misshaped)}")
+        raise ConversionError("\n".join(lines))
+    return {ours: value for ours, (_, value) in mapped.items()}
+
+
+# ---- the two sources ---------------------------------------------------------------------------------------
+def _infer_davenet(audio: dict, image: dict, audio_name: str, image_name: str) -> dict:
+    audio_dim = _shape(audio, "conv5.weight", audio_name, "DAVEnet-pytorch Davenet (audio)")[0]
+    image_dim = _shape(image, "image_model.30.weight", image_name, "DAVEnet-pytorch VGG16 (image)")[0]
+    if audio_dim != image_dim:
+        raise ConversionError(
+            f"embedding sizes differ: {audio_name} conv5 gives {audio_dim} channels, {image_name} image_model.30 "
+            f"gives {image_dim}; the two files must come from one training run"
+        )
+    return dict(
+        embedding_dim=audio_dim, audio_width_mult=1.0, image_width_mult=1.0, conv_batchnorm=False,
+        image_batch_norm=False, pretrained_image=False,
+    )
+
+
+def _infer_resdavenet(audio: dict, image: dict, audio_name: str, image_name: str) -> dict:
+    what = "ResDAVEnet-VQ ResDavenetVQ (audio)"
+    stem = _shape(audio, "conv1.weight", audio_name, what)[0]
+    blocks: dict[int, set[int]] = {}
+    for key in audio:
+        m = STAGE_KEY.match(key)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if not blocks:
+        raise ConversionError(f"{audio_name}: no 'layer<K>.<J>.' keys, so this is not a {what} state dict")
+    stages = sorted(blocks)
+    if stages != list(range(1, len(stages) + 1)):
+        raise ConversionError(f"{audio_name}: residual stages must be layer1..layerN, found layer{stages}")
+    widths, kernels = [stem], set()
+    for k in stages:
+        shape = _shape(audio, f"layer{k}.0.conv1.weight", audio_name, what)
+        widths.append(shape[0])
+        kernels.add(shape[-1])
+    if len(kernels) != 1:
+        raise ConversionError(f"{audio_name}: the stages use different kernel widths {sorted(kernels)}")
+    # Blocks are numbered from 0; a gap shows up below as missing keys.
+    depths = [max(blocks[k]) + 1 for k in stages]
+    image_dim = _shape(image, "embedder.weight", image_name, "ResDAVEnet-VQ Resnet50 (image)")[0]
+    if image_dim != widths[-1]:
+        raise ConversionError(
+            f"embedding sizes differ: {audio_name} layer{stages[-1]} gives {widths[-1]} channels, {image_name} "
+            f"embedder gives {image_dim}; the two files must come from one training run"
+        )
+    return dict(
+        layer_widths=widths, layer_depths=depths, convsize=kernels.pop(), embedding_dim=None,
+        audio_width_mult=1.0, image_arch="resnet50", image_width_mult=1.0, pretrained_image=False,
+    )
+
+
+SOURCES: dict[str, Source] = {
+    "davenet-pytorch": Source(
+        module=DAVEnet, audio_class="Davenet", image_class="VGG16", infer=_infer_davenet,
+        # One nn.Sequential: VGG16 features 0..29 (last max-pool removed), then the 3x3 conv at index 30.
+        image_renames=(("image_model.30.", "embedder."), ("image_model.", "features.")),
+        arch_args=("embedding_dim", "audio_width_mult", "image_width_mult", "conv_batchnorm", "image_batch_norm",
+                   "pretrained_image"),
+    ),
+    "resdavenet-vq": Source(
+        module=ResDAVEnet, audio_class="ResDavenetVQ", image_class="Resnet50", infer=_infer_resdavenet,
+        dropped_audio=("batchnorm1.",), vq_aside=True,
+        arch_args=("layer_widths", "layer_depths", "convsize", "embedding_dim", "audio_width_mult", "image_arch",
+                   "image_width_mult", "pretrained_image"),
+    ),
+}
+
+
+# ---- public API --------------------------------------------------------------------------------------------
+def load_official(
+    source: str,
+    audio_sd: Mapping[str, Tensor],
+    image_sd: Mapping[str, Tensor],
+    audio_name: str = "audio state dict",
+    image_name: str = "image state dict",
+    **overrides: Any,
+) -> tuple[RetrievalModule, dict]:
+    """Our module (in eval mode) holding the weights of an official audio + image state dict pair.
+
+    Args:
+        source: ``"davenet-pytorch"`` or ``"resdavenet-vq"``.
+        audio_sd, image_sd: the official state dicts (as `torch.load` returns them).
+        audio_name, image_name: how errors name them (the converter passes the file paths).
+        **overrides: other init args of the module, e.g. ``similarity_kind="SISA"``. Architecture args are
+            inferred from the weights and may only be repeated with the same value.
+
+    Returns:
+        ``(module, report)``; the report holds ``source``, ``class_path``, ``init_args`` (what the checkpoint
+        stores), ``stripped_module_prefix``, ``loaded`` (tensors per net), ``dropped`` (keys never used by the
+        official forward), ``unused`` (VQ keys set aside), ``unused_state`` (those tensors) and ``warnings``.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {sorted(SOURCES)}, got {source!r}")
+    spec = SOURCES[source]
+    audio, audio_prefix = strip_dataparallel(as_state_dict(audio_sd, audio_name))
+    image, image_prefix = strip_dataparallel(as_state_dict(image_sd, image_name))
+
+    dropped = sorted(k for k in audio if spec.dropped_audio and k.startswith(spec.dropped_audio))
+    unused = sorted(k for k in audio if spec.vq_aside and VQ_KEY.match(k))
+    aside = {k: audio.pop(k) for k in dropped + unused}
+
+    init_args = spec.infer(audio, image, audio_name, image_name)
+    init_args["similarity_kind"] = "MISA" if spec.module is DAVEnet else "SISA"
+    init_args["normalize_outputs"] = False
+    for key, value in overrides.items():
+        value = list(value) if isinstance(value, tuple) else value
+        if key in spec.arch_args and value != init_args[key]:
+            raise ConversionError(
+                f"{key}={value!r} contradicts the weights ({key}={init_args[key]!r} inferred from {audio_name} "
+                f"and {image_name}); architecture arguments cannot be overridden"
+            )
+        init_args[key] = value
+
+    with torch.device("meta"):  # check every key and shape before allocating and initialising the real nets
+        probe = spec.module(**init_args)
+    weights = {
+        "audio_net": match_keys(probe.audio_net, audio, (), f"{audio_name} ({spec.audio_class})"),
+        "image_net": match_keys(probe.image_net, image, spec.image_renames, f"{image_name} ({spec.image_class})"),
+    }
+    module = spec.module(**init_args)
+    for net_name, state in weights.items():
+        # strict=False only lets a missing num_batches_tracked through: match_keys checked everything else.
+        getattr(module, net_name).load_state_dict(state, strict=False)
+    module.eval()
+
+    messages = []
+    if dropped:
+        messages.append(
+            f"dropped {len(dropped)} keys of {audio_name} that the official forward never uses: {_listing(dropped)}"
+        )
+    if unused:
+        layers = sorted({k.split(".")[0] for k in unused})
+        messages.append(
+            f"{audio_name} has VQ layers {', '.join(layers)} ({len(unused)} keys: {_listing(unused)}). VQ layers are "
+            "not part of VGS-Lightning: the converted model runs with VQ off, which is not the function the official "
+            "model computes with them on. The codebooks are kept under 'unused_official_state' in the checkpoint."
+        )
+    report = dict(
+        source=source,
+        class_path=spec.class_path,
+        init_args=init_args,
+        stripped_module_prefix=audio_prefix or image_prefix,
+        loaded={net_name: len(state) for net_name, state in weights.items()},
+        dropped=dropped,
+        unused=unused,
+        unused_state=aside,
+        warnings=messages,
+    )
+    return module, report
+
+
+def checkpoint_dict(module: RetrievalModule, report: dict, audio_path: str = "", image_path: str = "") -> dict:
+    """The Lightning checkpoint of a converted module: what `trainer.test(ckpt_path=...)`, `cli.py --ckpt_path`
+    and `load_from_checkpoint` read, plus where the weights came from and the official tensors set aside."""
+    return {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": {"_class_path": report["class_path"], "_instantiator": CLI_INSTANTIATOR,
+                             **report["init_args"]},
+        "pytorch-lightning_version": pl.__version__,
+        "epoch": 0,
+        "global_step": 0,
+        "converted_from": {
+            "source": report["source"],
+            "audio": os.fspath(audio_path),
+            "image": os.fspath(image_path),
+            "stripped_module_prefix": report["stripped_module_prefix"],
+            "dropped": report["dropped"],
+            "unused": report["unused"],
+        },
+        "unused_official_state": dict(report["unused_state"]),
+    }
+
+
+def convert(
+    source: str, audio_path: str | os.PathLike, image_path: str | os.PathLike, out_path: str | os.PathLike,
+    **overrides: Any,
+) -> dict:
+    """Read an official audio + image checkpoint pair, write our Lightning checkpoint to `out_path`.
+
+    `overrides` as in `load_official`. Returns the report of `load_official` (without the tensors) plus ``out``.
+    Warnings (dropped keys, VQ codebooks set aside) are also issued with `warnings.warn`.
+    """
+    audio_path, image_path, out_path = os.fspath(audio_path), os.fspath(image_path), os.fspath(out_path)
+    for key, value in overrides.items():
+        if not _plain(value):
+            raise ValueError(
+                f"override {key}={value!r}: the checkpoint stores plain values only (str, number, bool, None, lists "
+                "and dicts of them), which LightningCLI reads back with torch.load(weights_only=True)"
+            )
+    if os.path.abspath(out_path) in {os.path.abspath(audio_path), os.path.abspath(image_path)}:
+        raise ValueError(f"--out {out_path} would overwrite an input file")
+    module, report = load_official(
+        source, read_state_dict(audio_path), read_state_dict(image_path), audio_path, image_path, **overrides
+    )
+    for message in report["warnings"]:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    ckpt = checkpoint_dict(module, report, audio_path, image_path)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = out_path + ".partial"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, out_path)  # no half-written checkpoint if saving fails
+    report = {k: v for k, v in report.items() if k != "unused_state"}
+    report["out"] = out_path
+    return report
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+# ---- command line ------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_modules.convert",
+        description="Convert official DAVEnet-pytorch / ResDAVEnet-VQ audio + image checkpoints into a "
+        "VGS-Lightning checkpoint for `cli.py test --ckpt_path`.",
+    )
+    parser.add_argument("--from", dest="source", required=True, choices=sorted(SOURCES),
+                        help="the code base that saved the files")
+    parser.add_argument("--audio", required=True, help="the official audio model file, e.g. best_audio_model.pth")
+    parser.add_argument("--image", required=True, help="the official image model file, e.g. best_image_model.pth")
+    parser.add_argument("--out", required=True, help="the Lightning checkpoint to write")
+    parser.add_argument("--similarity", choices=[k for k in SIMILARITY_KINDS if k != "dot"], default=None,
+                        help="similarity stored in the checkpoint (default: DAVEnet MISA, ResDAVEnet SISA)")
+    args = parser.parse_args(argv)
+    overrides = {} if args.similarity is None else {"similarity_kind": args.similarity}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # printed below, once, as part of the summary
+            report = convert(args.source, args.audio, args.image, args.out, **overrides)
+    except (ConversionError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    config = "davenet" if report["class_path"].endswith(".DAVEnet") else "resdavenet"
+    arch = ", ".join(f"{k}={v}" for k, v in report["init_args"].items())
+    print(f"wrote {report['out']}: {report['class_path']}({arch})")
+    print(f"  loaded {report['loaded']['audio_net']} audio and {report['loaded']['image_net']} image tensors"
+          + (" (stripped DataParallel's 'module.' prefix)" if report["stripped_module_prefix"] else ""))
+    for message in report["warnings"]:
+        print(f"  warning: {message}")
+    print(f"  evaluate: python cli.py test --config configs/{config}.yaml --ckpt_path {report['out']}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

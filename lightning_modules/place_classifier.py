@@ -1,0 +1,179 @@
+"""Place-classifier warm-up: the audio branch learns to predict the image's scene class from the caption.
+
+Embedding models are hard to train from scratch; the seed notebook's practice is to pre-train the audio
+branch on this simpler task, then warm-start retrieval from it:
+
+    python cli.py fit --config configs/place_warmup.yaml
+    python cli.py fit --config configs/davenet.yaml --model.audio_encoder_ckpt <best place checkpoint>
+
+Not in the papers or the official code (see the reference notes, section 10): a project addition.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from .base import VGSModule
+from .nets import ACL2017AudioNet, AudioPlaceClassifier, DAVEnetAudioNet, NIPS2016AudioNet, ResDAVEnetAudioNet
+from .optim import OptimizerName, ScheduleName
+
+AudioNetName = Literal["davenet", "resdavenet", "acl2017", "nips2016"]
+
+
+def build_audio_net(
+    name: AudioNetName,
+    embedding_dim: Optional[int] = None,
+    width_mult: float = 1.0,
+    conv_batchnorm: bool = False,
+    layer_widths: Optional[Sequence[int]] = None,
+) -> nn.Module:
+    """The audio net ``name`` with the same arguments the retrieval modules give it, so that its weights
+    load into them unchanged. ``embedding_dim=None`` keeps each net's default (ResDAVEnet: its last width)."""
+    if name == "resdavenet":
+        widths = list(layer_widths) if layer_widths else [128, 128, 256, 512, 1024]
+        return ResDAVEnetAudioNet(layer_widths=widths, width_mult=width_mult, embedding_dim=embedding_dim)
+    embedding_dim = embedding_dim or 1024
+    if name == "davenet":
+        return DAVEnetAudioNet(embedding_dim, width_mult, conv_batchnorm)
+    if name == "acl2017":
+        return ACL2017AudioNet(embedding_dim, "mean", width_mult, conv_batchnorm)
+    if name == "nips2016":
+        return NIPS2016AudioNet(embedding_dim, "max", width_mult, conv_batchnorm)
+    raise ValueError(f"unknown audio net {name!r}; choose davenet, resdavenet, acl2017 or nips2016")
+
+
+class PlaceAccuracyMetric(Metric):
+    """Top-k accuracy and the confusion matrix, exact under DDP.
+
+    Keeps each prediction with its dataset index (``cat`` states) and drops the duplicates that
+    DistributedSampler adds to even out the ranks, which a plain accuracy metric would count twice.
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_places: int, ks: Sequence[int] = (1, 5)):
+        super().__init__()
+        self.n_places, self.ks = n_places, tuple(ks)
+        self.add_state("topk", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> None:
+        k = min(max(self.ks), logits.shape[1])
+        self.topk.append(logits.detach().topk(k, dim=1).indices)
+        self.target.append(target.detach())
+        self.index.append(index.detach())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        topk, target, index = (dim_zero_cat(x) for x in (self.topk, self.target, self.index))
+        # keep the first copy of every dataset index
+        order = torch.argsort(index, stable=True)
+        index, topk, target = index[order], topk[order], target[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        topk, target = topk[first], target[first]
+        out = {f"acc_top{k}": (topk[:, :k] == target[:, None]).any(dim=1).float().mean() for k in self.ks}
+        confusion = torch.zeros(self.n_places, self.n_places, dtype=torch.long, device=target.device)
+        confusion.index_put_((target, topk[:, 0]), torch.ones_like(target), accumulate=True)
+        out["confusion"] = confusion
+        out["count"] = torch.tensor(int(target.numel()))
+        return out
+
+
+class PlaceClassifier(VGSModule):
+    """Audio net + masked temporal pooling + linear head over ``n_places`` scene classes.
+
+    Args:
+        n_places: number of scene classes; the CLI links it to the datamodule's label map (205 for Places).
+        audio_net: which audio net: ``"davenet"`` (default), ``"resdavenet"``, ``"acl2017"``, ``"nips2016"``.
+        embedding_dim: channels of the audio net's output; None keeps the net's default (1024).
+        audio_width_mult: scales the audio widths (CPU presets); must match the retrieval model to warm-start.
+        conv_batchnorm: BatchNorm after each audio conv (must match the retrieval model).
+        layer_widths: ResDAVEnet widths.
+        pooling: ``"mean"`` or ``"max"`` over each caption's valid output frames.
+        dropout: dropout before the linear head.
+        label_smoothing: cross-entropy label smoothing.
+        **kwargs: optimiser and schedule args of ``VGSModule``.
+    """
+
+    def __init__(
+        self,
+        n_places: int = 205,
+        audio_net: AudioNetName = "davenet",
+        embedding_dim: Optional[int] = None,
+        audio_width_mult: float = 1.0,
+        conv_batchnorm: bool = False,
+        layer_widths: Optional[Sequence[int]] = None,
+        pooling: Literal["mean", "max"] = "mean",
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 1e-3,
+        lr_schedule: ScheduleName = "step",
+        **kwargs: Any,
+    ):
+        super().__init__(optimizer=optimizer, lr=lr, lr_schedule=lr_schedule, **kwargs)
+        net = build_audio_net(audio_net, embedding_dim, audio_width_mult, conv_batchnorm, layer_widths)
+        self.model = AudioPlaceClassifier(net, n_places, pooling=pooling, dropout=dropout)
+        self.val_acc = PlaceAccuracyMetric(n_places)
+        self.test_acc = PlaceAccuracyMetric(n_places)
+
+    @property
+    def audio_net(self) -> nn.Module:
+        return self.model.audio_net
+
+    def forward(self, audio: torch.Tensor, nframes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.model(audio, nframes)
+
+    def _targets(self, batch: dict) -> torch.Tensor:
+        if "place" not in batch:
+            raise KeyError(
+                "the place classifier needs place labels in the batch: set data.place_labels=true"
+            )
+        return batch["place"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["audio"], batch["nframes"])
+        target = self._targets(batch)
+        loss = F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
+        self.check_finite(loss)
+        bs = target.shape[0]
+        acc = (logits.argmax(dim=1) == target).float().mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("train/acc_top1", acc, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["audio"], batch["nframes"])
+        target = self._targets(batch)
+        self.val_acc.update(logits, target, batch["index"])
+        self.log("val/loss", F.cross_entropy(logits, target), sync_dist=True, batch_size=target.shape[0])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["audio"], batch["nframes"])
+        self.test_acc.update(logits, self._targets(batch), batch["index"])
+
+    def _log_accuracy(self, metric: PlaceAccuracyMetric, prefix: str) -> dict:
+        values = metric.compute()  # collective; identical on every rank
+        metric.reset()
+        self.last_confusion = values.pop("confusion").cpu()
+        values.pop("count")
+        logged = {f"{prefix}/{k}": float(v) for k, v in values.items()}
+        self.log_dict(logged, rank_zero_only=False, sync_dist=False)
+        return logged
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val_metrics = self._log_accuracy(self.val_acc, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_metrics = self._log_accuracy(self.test_acc, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"logits": self(batch["audio"], batch["nframes"]), "index": batch["index"]}

@@ -24,7 +24,7 @@ test-fast: $(STAMP)
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(PY) -m scripts.demo
+	$(PY) scripts/demo.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -45,6 +45,19 @@ def run_directory(trainer: Trainer) -> str:
     return trainer.default_root_dir
 
 
+class LatestCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after every validation, overwritten: what ``--ckpt_path last`` resumes from.
+
+    Since Lightning 2.6, ``ModelCheckpoint(save_last=True)`` with a monitor writes ``last.ckpt`` only when a
+    top-k checkpoint is written in the same step, i.e. only when the score improves; a resumed run would then
+    restart from the best epoch, not the latest. This callback has no monitor, so it saves every time.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "last", every_n_epochs: int | None = None):
+        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1,
+                         enable_version_counter=False, every_n_epochs=every_n_epochs)
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Saves the full config into the run's own folder and, with a WandbLogger, into the W&B run config.
 
@@ -82,14 +95,14 @@ class VGSLightningCLI(LightningCLI):
                 # The official code keeps the best mean of the two R@10 directions.
                 "checkpoint.monitor": "val/mean_R@10",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(SpokenSearchWriter, "search")
-        # The classifier's output size truly derives from the data: the train manifest's label map.
-        parser.link_arguments("data.n_places", "model.init_args.n_places", apply_on="instantiate")
+        # No link for the classifier's n_places: every retrieval module takes **kwargs and would receive it
+        # too. PlaceClassifier reads it from the datamodule in setup().
 
     def before_fit(self) -> None:
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
@@ -121,8 +134,9 @@ class VGSLightningCLI(LightningCLI):
         last = found[-1]
         rank_zero_info(f"--ckpt_path last: resuming from {last}")
         self.config_init[self.subcommand]["ckpt_path"] = last
-        if isinstance(cb, ModelCheckpoint):
-            cb.dirpath = os.path.dirname(last)
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                callback.dirpath = os.path.dirname(last)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:

@@ -8,6 +8,7 @@ Every transform takes a PIL RGB image and returns a float32 tensor [3, image_siz
     "davenet_code"   RandomResizedCrop(224)                       resize 256, centre crop 224   ImageNet mean/std
     "davenet_paper"  resize shorter side 256, random 224 crop     resize 256, centre crop 224   ImageNet mean/std
     "resize"         resize to 224 x 224 (whole image, no aug.)   same                          ImageNet mean/std
+    "resize_flip"    "resize" + random horizontal flip            "resize"                      ImageNet mean/std
 
 References: `davenet_code` is dharwath/DAVEnet-pytorch `dataloaders/image_caption_dataset.py` (RandomResizedCrop
 for training, Resize + CenterCrop for evaluation, torchvision ImageNet normalisation); `davenet_paper` is the ECCV
@@ -33,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # VGG16's mean pixel (RGB, 0..255; Caffe's BGR [103.939, 116.779, 123.68] reversed).
 VGG_MEAN_PIXEL = (123.68, 116.779, 103.939)
 
-IMAGE_TRANSFORMS = ("vgg_mean", "davenet_code", "davenet_paper", "resize")
+IMAGE_TRANSFORMS = ("vgg_mean", "davenet_code", "davenet_paper", "resize", "resize_flip")
 # Background for transparent pixels when an image with alpha is flattened to RGB.
 ALPHA_BACKGROUND = (255, 255, 255)
 
@@ -82,6 +83,18 @@ def resize(image_size: int = 224) -> Callable:
     return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+def resize_flip(train: bool, image_size: int = 224) -> Callable:
+    """`resize` plus a random horizontal flip in training (evaluation: exactly `resize`).
+
+    For generated scenes whose captions never say left or right, a mirrored image is an equally true pair: a
+    free augmentation that keeps every object whole.
+    """
+    if not train:
+        return resize(image_size)
+    return T.Compose([T.Resize((image_size, image_size)), T.RandomHorizontalFlip(), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 def build_image_transform(name: str, train: bool, image_size: int = 224) -> Callable:
     """The named transform (one of IMAGE_TRANSFORMS) for training (`train=True`) or evaluation."""
     if name == "vgg_mean":
@@ -92,6 +105,8 @@ def build_image_transform(name: str, train: bool, image_size: int = 224) -> Call
         return davenet_paper(train, image_size)
     if name == "resize":
         return resize(image_size)
+    if name == "resize_flip":
+        return resize_flip(train, image_size)
     raise ValueError(f"unknown image_transform {name!r}; choose one of {list(IMAGE_TRANSFORMS)}")
 
 
@@ -136,6 +151,21 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except Exception as err:  # UnidentifiedImageError, OSError("image file is truncated"), bombs, ...
         reason = str(err).strip() or type(err).__name__
         raise BadSampleError.for_file("image", path, f"cannot decode image ({reason})") from None
+
+
+def denormalize(image: torch.Tensor, transform_name: str) -> torch.Tensor:
+    """Undo the normalisation of the named transform: [..., 3, H, W] back to 0..1 RGB (for display)."""
+    if transform_name == "vgg_mean":
+        mean, std = [m / 255.0 for m in VGG_MEAN_PIXEL], [1.0, 1.0, 1.0]
+    elif transform_name in IMAGE_TRANSFORMS:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:  # unknown (a custom callable): stretch to 0..1
+        lo, hi = image.amin(), image.amax()
+        return (image - lo) / (hi - lo).clamp_min(1e-8)
+    shape = (3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=image.dtype, device=image.device).view(shape)
+    std_t = torch.tensor(std, dtype=image.dtype, device=image.device).view(shape)
+    return (image * std_t + mean_t).clamp(0, 1)
 
 
 def image_tensor(path: str | os.PathLike, transform: Callable) -> torch.Tensor:

@@ -87,6 +87,7 @@ class Manifest:
     images: np.ndarray  # [N] bytes, relative to image_base
     uttids: np.ndarray
     speakers: np.ndarray
+    texts: np.ndarray  # [N] bytes: asr_text (or text), "" when absent
     image_id: np.ndarray = field(init=False)  # [N] int64
 
     def __post_init__(self) -> None:
@@ -101,6 +102,17 @@ class Manifest:
 
     def image_path(self, i: int) -> str:
         return os.path.join(self.image_base, self.images[i].decode("utf-8"))
+
+    def describe(self, i: int) -> dict:
+        """Item i for people: index, uttid, speaker, caption text, wav and image paths (as in the manifest)."""
+        return {
+            "index": int(i),
+            "uttid": self.uttids[i].decode("utf-8"),
+            "speaker": self.speakers[i].decode("utf-8"),
+            "text": self.texts[i].decode("utf-8"),
+            "wav": self.wavs[i].decode("utf-8"),
+            "image": self.images[i].decode("utf-8"),
+        }
 
     def wav_paths(self) -> list[str]:
         return [self.wav_path(i) for i in range(len(self))]
@@ -175,6 +187,8 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
             columns[key].append(value)
         for key in OPTIONAL_ITEM_KEYS:
             columns[key].append(str(item.get(key, "")))
+        # Places manifests carry Google ASR output as asr_text; some others have a plain text key.
+        columns["asr_text"][-1] = str(item.get("asr_text", item.get("text", "")))
 
     return Manifest(
         path=path,
@@ -184,6 +198,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         images=_bytes_array(columns["image"]),
         uttids=_bytes_array(columns["uttid"]),
         speakers=_bytes_array(columns["speaker"]),
+        texts=_bytes_array(columns["asr_text"]),
     )
 
 

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .cache import FeatureStore
 from .features import N_MELS, pad_or_truncate, single_thread_worker_init, wav_log_mel, wav_num_frames
-from .images import IMAGE_TRANSFORMS, build_image_transform, image_tensor
+from .images import IMAGE_TRANSFORMS, build_image_transform, denormalize, image_tensor
 from .manifest import BadSampleError, Manifest, build_label_map, load_manifest, place_ids
 
 ON_BAD_SAMPLE = ("error", "skip")
@@ -115,6 +115,10 @@ class PlacesAudioDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    def describe(self, i: int) -> dict:
+        """Item i for people (uttid, speaker, caption text, wav and image paths): for search results and tables."""
+        return self.manifest.describe(i)
 
     def features(self, i: int) -> torch.Tensor:
         """Log-mel [40, n] of caption i (truncated to target_length), from the cache or the wav."""
@@ -379,7 +383,8 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         target_length: frames every caption is padded or truncated to (NIPS 2016: 2048, ACL 2017: 1024); None pads
             each batch to its longest caption (DAVEnet).
         image_size: side of the image crop; resizes scale with it (256/224).
-        image_transform: "davenet_code", "davenet_paper", "vgg_mean" or "resize" (see datamodules/images.py).
+        image_transform: "davenet_code", "davenet_paper", "vgg_mean", "resize" or "resize_flip" (see
+            datamodules/images.py).
         on_bad_sample: "error" stops with the bad file's name and reason; "skip" drops the pair and warns once per
             epoch with the count and the first files.
         place_labels: add the scene class id (`place`) parsed from the image path to each batch.
@@ -403,7 +408,7 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         target_length: int | None = 2048,
         image_size: int = 224,
-        image_transform: Literal["davenet_code", "davenet_paper", "vgg_mean", "resize"] = "davenet_code",
+        image_transform: Literal["davenet_code", "davenet_paper", "vgg_mean", "resize", "resize_flip"] = "davenet_code",
         on_bad_sample: Literal["error", "skip"] = "error",
         place_labels: bool = False,
         feature_cache: str | None = None,
@@ -595,6 +600,27 @@ class PlacesAudioDataModule(pl.LightningDataModule):
             persistent_workers=False,
             skip_log=self.skip_logs[split],
         )
+
+    # ---- the built datasets, for callbacks that show examples (W&B tables, spoken search) --------------
+    @property
+    def train_dataset(self) -> PlacesAudioDataset | None:
+        return self.datasets.get("train")
+
+    @property
+    def val_dataset(self) -> PlacesAudioDataset | None:
+        return self.datasets.get("val")
+
+    @property
+    def test_dataset(self) -> PlacesAudioDataset | None:
+        return self.datasets.get("test")
+
+    @property
+    def predict_dataset(self) -> PlacesAudioDataset | None:
+        return self.datasets.get("predict")
+
+    def denormalize(self, image: torch.Tensor) -> torch.Tensor:
+        """Undo the image transform's normalisation: [3, H, W] or [B, 3, H, W] back to 0..1 RGB for display."""
+        return denormalize(image, self.image_transform if isinstance(self.image_transform, str) else "")
 
     def train_dataloader(self) -> PlacesAudioDataLoader:
         return self._loader("train")

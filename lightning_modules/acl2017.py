@@ -24,6 +24,7 @@ class ACL2017(RetrievalModule):
         embedding_dim: size of both embeddings (paper: 1024).
         pooling: temporal pooling over valid frames, ``"mean"`` (paper) or ``"max"``.
         audio_width_mult: scales the audio CNN's hidden widths (CPU presets).
+        image_width_mult: scales the VGG16 widths, fc6/fc7 included (CPU presets; no ImageNet weights then).
         conv_batchnorm: BatchNorm after each audio conv (not in the paper).
         pretrained_image: ImageNet weights for the frozen VGG16 (True or a local weights file).
         similarity_kind: ``"dot"``.
@@ -36,6 +37,7 @@ class ACL2017(RetrievalModule):
         embedding_dim: int = 1024,
         pooling: Literal["max", "mean"] = "mean",
         audio_width_mult: float = 1.0,
+        image_width_mult: float = 1.0,
         conv_batchnorm: bool = False,
         pretrained_image: Union[bool, str] = False,
         similarity_kind: str = "dot",
@@ -53,4 +55,4 @@ class ACL2017(RetrievalModule):
             lr_schedule=lr_schedule, lr_step_epochs=lr_step_epochs, lr_decay=lr_decay, **kwargs,
         )
         self.audio_net = ACL2017AudioNet(embedding_dim, pooling, audio_width_mult, conv_batchnorm)
-        self.image_net = VGG16FC7Image(embedding_dim, pretrained=pretrained_image)
+        self.image_net = VGG16FC7Image(embedding_dim, pretrained=pretrained_image, width_mult=image_width_mult)

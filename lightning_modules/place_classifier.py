@@ -90,7 +90,8 @@ class PlaceClassifier(VGSModule):
     """Audio net + masked temporal pooling + linear head over ``n_places`` scene classes.
 
     Args:
-        n_places: number of scene classes; the CLI links it to the datamodule's label map (205 for Places).
+        n_places: number of scene classes; None takes it from the datamodule's label map when training starts
+            (205 for Places-205), and the checkpoint then records it.
         audio_net: which audio net: ``"davenet"`` (default), ``"resdavenet"``, ``"acl2017"``, ``"nips2016"``.
         embedding_dim: channels of the audio net's output; None keeps the net's default (1024).
         audio_width_mult: scales the audio widths (CPU presets); must match the retrieval model to warm-start.
@@ -104,7 +105,7 @@ class PlaceClassifier(VGSModule):
 
     def __init__(
         self,
-        n_places: int = 205,
+        n_places: Optional[int] = None,
         audio_net: AudioNetName = "davenet",
         embedding_dim: Optional[int] = None,
         audio_width_mult: float = 1.0,
@@ -119,13 +120,40 @@ class PlaceClassifier(VGSModule):
         **kwargs: Any,
     ):
         super().__init__(optimizer=optimizer, lr=lr, lr_schedule=lr_schedule, **kwargs)
-        net = build_audio_net(audio_net, embedding_dim, audio_width_mult, conv_batchnorm, layer_widths)
-        self.model = AudioPlaceClassifier(net, n_places, pooling=pooling, dropout=dropout)
+        self.model: Optional[AudioPlaceClassifier] = None
+        if n_places is not None:
+            self._build(n_places)
+
+    def _build(self, n_places: int) -> None:
+        hp = self.hparams
+        net = build_audio_net(hp.audio_net, hp.embedding_dim, hp.audio_width_mult, hp.conv_batchnorm, hp.layer_widths)
+        self.model = AudioPlaceClassifier(net, n_places, pooling=hp.pooling, dropout=hp.dropout)
         self.val_acc = PlaceAccuracyMetric(n_places)
         self.test_acc = PlaceAccuracyMetric(n_places)
+        self.hparams.n_places = n_places  # so that the checkpoint rebuilds the same head
+
+    def setup(self, stage: str) -> None:
+        # The class count comes from the data: the datamodule's label map (built from the train manifest).
+        # A LightningCLI link cannot do this, because every retrieval module would be handed n_places too.
+        data_places = int(getattr(self.trainer.datamodule, "n_places", 0) or 0) if self.trainer else 0
+        if self.model is None:
+            if not data_places:
+                raise ValueError(
+                    "PlaceClassifier: n_places is unknown; set data.place_labels=true with a train_manifest "
+                    "(the label map gives it) or pass model.n_places"
+                )
+            self._build(data_places)
+        elif data_places and data_places != self.hparams.n_places:
+            raise ValueError(
+                f"PlaceClassifier has n_places={self.hparams.n_places} but the data has {data_places} place "
+                "classes (the train manifest's label map)"
+            )
+        super().setup(stage)
 
     @property
     def audio_net(self) -> nn.Module:
+        if self.model is None:
+            raise RuntimeError("PlaceClassifier is built when training starts (n_places comes from the data)")
         return self.model.audio_net
 
     def forward(self, audio: torch.Tensor, nframes: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -170,6 +198,7 @@ class PlaceClassifier(VGSModule):
         return logged
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         self.last_val_metrics = self._log_accuracy(self.val_acc, "val")
 
     def on_test_epoch_end(self) -> None:

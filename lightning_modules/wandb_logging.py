@@ -48,7 +48,9 @@ class WandbDashboard(Callback):
         self.n_pairs, self.top_k, self.n_queries, self.every_n_epochs = n_pairs, top_k, n_queries, every_n_epochs
 
     @rank_zero_only
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the module's,
+        # which is where the recall (and its similarity matrix) of this epoch is computed.
         logger = _wandb_logger(trainer)
         if logger is None or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
@@ -65,9 +67,14 @@ class WandbDashboard(Callback):
         out = []
         for i in range(min(n, len(dataset))):
             sample = dataset[i]
-            if sample is not None:  # a skipped bad sample
+            if isinstance(sample, dict):  # not a skipped bad sample
                 out.append(sample)
         return out
+
+    @staticmethod
+    def _text(dataset: Any, index: int) -> str:
+        describe = getattr(dataset, "describe", None)
+        return describe(index).get("text") or str(index) if callable(describe) else str(index)
 
     def _log_overlays(self, trainer, pl_module, logger, dataset) -> None:
         if pl_module.audio_net.pooled:  # pooled models have no frame-level map to show
@@ -80,7 +87,7 @@ class WandbDashboard(Callback):
             image_out, audio_out, out_nframes = pl_module(image, audio, nframes)
             heat = caption_heatmap(image_out[0], audio_out[0], int(out_nframes[0]))
             images.append(blend_heatmap(display_image(trainer, sample["image"]), heat).numpy())
-            captions.append(str(sample.get("text", sample.get("index", ""))))
+            captions.append(self._text(dataset, int(sample["index"])))
         if images:
             logger.log_image("val/matchmap_overlay", images=images, caption=captions, step=trainer.global_step)
 
@@ -96,11 +103,10 @@ class WandbDashboard(Callback):
         top = S.t().topk(k, dim=1).indices  # [captions, k] image rows
         rows = []
         for q in range(min(self.n_queries, S.shape[1])):
-            query = dataset[index_of[q]]
             thumbs = [wandb.Image(display_image(trainer, dataset[index_of[r]]["image"]).permute(1, 2, 0).cpu().numpy())
                       for r in top[q].tolist()]
             hit = q in top[q].tolist()
-            rows.append([str(query.get("text", index_of[q])), hit, *thumbs])
+            rows.append([self._text(dataset, index_of[q]), hit, *thumbs])
         columns = ["caption", f"hit@{k}", *[f"top{r + 1}" for r in range(k)]]
         logger.log_table("val/retrieval_examples", columns=columns, data=rows, step=trainer.global_step)
 

@@ -151,3 +151,16 @@ def make_manifest(tmp_path):
         return manifest
 
     return make
+
+
+@pytest.fixture(scope="session")
+def spokenscenes(tmp_path_factory) -> Path:
+    """A tiny SpokenScenes data set (16 train / 8 val / 8 test pairs at 64 px), generated once per session.
+
+    Returns the folder with train.json, val.json and test.json (Places format plus words/objects/masks).
+    """
+    from datamodules.spokenscenes import generate
+
+    root = tmp_path_factory.mktemp("spokenscenes") / "data"
+    generate(root, train=16, val=8, test=8, seed=0, image_size=64, workers=1, progress=False)
+    return root

@@ -180,7 +180,7 @@ def test_named_transforms(tmp_path, write_image, name, train):
     out = build_image_transform(name, train, image_size=24)(img)
     assert out.shape == (3, 24, 24) and out.dtype == torch.float32 and torch.isfinite(out).all()
     again = build_image_transform(name, train, image_size=24)(img)
-    random_crop = train and name in ("davenet_code", "davenet_paper")
+    random_crop = train and name in ("davenet_code", "davenet_paper", "resize_flip")
     torch.manual_seed(0)
     a = build_image_transform(name, train, 24)(img)
     torch.manual_seed(1)
@@ -188,6 +188,20 @@ def test_named_transforms(tmp_path, write_image, name, train):
     assert torch.equal(a, b) != random_crop
     if not random_crop:
         assert torch.equal(out, again)
+
+
+def test_resize_flip_is_resize_or_its_mirror(tmp_path, write_image):
+    img = load_image(write_image(tmp_path / "x.jpg", size=(60, 40)))
+    plain = build_image_transform("resize", False, 24)(img)
+    assert torch.equal(build_image_transform("resize_flip", False, 24)(img), plain)  # eval: no flip
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        out = build_image_transform("resize_flip", True, 24)(img)
+        flipped = torch.equal(out, plain.flip(-1))
+        assert flipped or torch.equal(out, plain)
+        seen.add(flipped)
+    assert seen == {True, False}
 
 
 def test_vgg_mean_subtracts_mean_pixel_without_std():
@@ -540,3 +554,18 @@ def test_datamodule_bucketing_reduces_padding(make_manifest):
     random_lengths = torch.as_tensor(dm.datasets["train"].lengths())[shuffled]
     assert int((random_lengths.max(1, keepdim=True).values - random_lengths).sum()) > 2 * padding
     np.testing.assert_array_equal(np.sort(lengths), np.sort(np.concatenate([b["nframes"].numpy() for b in batches])))
+
+
+def test_describe_and_denormalize_for_display(make_manifest):
+    manifest = make_manifest(n=3, name="train")
+    dm = PlacesAudioDataModule(train_manifest=str(manifest), val_manifest=str(manifest), batch_size=2,
+                               num_workers=0, image_size=16, image_transform="resize")
+    dm.setup("fit")
+    info = dm.val_dataset.describe(2)
+    assert info == {"index": 2, "uttid": "SPK2-train2", "speaker": "SPK2", "text": "caption 2 of a apartment_building/outdoor",
+                    "wav": "wavs/utt_2.wav", "image": "a/apartment_building/outdoor/img_2.jpg"}
+    assert dm.train_dataset is not None and dm.test_dataset is None and dm.predict_dataset is None
+    # denormalize inverts the ImageNet normalisation of the transform back to 0..1 pixels
+    raw = torch.rand(3, 16, 16)
+    normalised = (raw - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    torch.testing.assert_close(dm.denormalize(normalised), raw)

@@ -262,3 +262,10 @@ def test_oracle_on_generated_split(dataset):
     assert bow["R@1"] >= scene["R@1"]
     with pytest.raises(ValueError, match="val_missing.json"):
         oracle_on_split(root, "val_missing")
+
+
+def test_scene_classes_cycle_so_every_split_is_balanced(dataset):
+    root, _ = dataset
+    for split in COUNTS:
+        scenes = [e["scene"] for e in _entries(root, split)]
+        assert scenes == [SCENE_NAMES[i % len(SCENE_NAMES)] for i in range(len(scenes))], split

@@ -63,3 +63,33 @@ def _hot(x: torch.Tensor) -> torch.Tensor:
 def hot_colors(x: torch.Tensor) -> torch.Tensor:
     """[H, W] values in [0, 1] as uint8 [H, W, 3] "hot" colours (for confusion matrices and the like)."""
     return (_hot(x.detach().float().cpu().clamp(0, 1)).permute(1, 2, 0) * 255).round().to(torch.uint8)
+
+
+def word_frame_spans(
+    start_s, end_s, output_frames, frames_per_second: float = 100.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output-frame spans ``[start, end)`` of words timed in seconds, for any audio net.
+
+    Input frame i covers ``[i, i + 1) / frames_per_second`` seconds (the 10 ms hop). A word from s to e seconds
+    covers input frames ``floor(s * fps) .. ceil(e * fps) - 1``; the net's own ``output_frames(n)`` (valid output
+    frames of n input frames, e.g. ``ceil(n / 16)`` for DAVEnet) maps them to the output frames that hold them:
+    ``start = output_frames(first + 1) - 1`` (the output frame of the first input frame) and
+    ``end = output_frames(last + 1)``. Every span has at least one frame.
+
+    Args:
+        start_s, end_s: word start and end times, floats or [K] tensors.
+        output_frames: the audio net's ``output_frames`` (input frames -> valid output frames, rounded as the
+            layers round).
+        frames_per_second: input frames per second.
+
+    Returns:
+        (start, end): [K] int64 output frames.
+    """
+    start_s = torch.as_tensor(start_s, dtype=torch.float64).reshape(-1)
+    end_s = torch.as_tensor(end_s, dtype=torch.float64).reshape(-1)
+    # The 1e-6 keeps times like 1.89 s (188.99999... frames) on the frame they name.
+    first = torch.floor(start_s * frames_per_second + 1e-6).long().clamp(min=0)
+    last = torch.maximum(torch.ceil(end_s * frames_per_second - 1e-6).long() - 1, first)
+    start = torch.as_tensor(output_frames(first + 1)).long().reshape(-1) - 1
+    end = torch.maximum(torch.as_tensor(output_frames(last + 1)).long().reshape(-1), start + 1)
+    return start, end

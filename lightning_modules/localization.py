@@ -1,0 +1,438 @@
+"""Speech-prompted object localisation: does the heat map of a spoken object word peak on that object?
+
+For every object a caption names (SpokenScenes manifests give each object's naming words, the words' times and
+the object's mask), the word's heat map over the image is the matchmap averaged over the word's output frames,
+as ``grounding.word_heatmap`` computes it. The heat map is upsampled bilinearly to the mask's size, and the
+word counts as localised when its peak pixel lies inside the object's mask (a "pointing game" accuracy).
+
+    word   the words localised for an object
+    shape  its shape noun: "big red [star]", "a [ball] that is blue"
+    name   every word from its first to its last naming word: "[big red star]", "[ball that is blue]"
+
+Two baselines come with the accuracy:
+- chance: the mask's area fraction, i.e. the hit rate of a peak drawn uniformly over the image;
+- centre: the hit rate of always pointing at the image centre (objects are not placed uniformly).
+
+    localization_accuracy(model, batches, entries, mask_root, word="shape") -> {"accuracy", "chance", ...}
+    python -m lightning_modules.localization --ckpt best.ckpt --manifest data/spokenscenes/test.json
+
+The model is any retrieval module with a frame-level audio net: ``model(image, audio, nframes)`` returns
+``(image_out [B, D, H, W], audio_out [B, D, T], out_nframes [B])`` and ``model.audio_net.output_frames`` maps
+input frames to output frames. Images must show the whole picture (image transform "resize"), so that region
+maps and masks share coordinates; a centre crop would shift one against the other.
+
+Only the command line (``main``) reads data with ``datamodules``; the metric takes batches and manifest entries.
+
+References: Harwath et al., "Jointly Discovering Visual Objects and Spoken Words from Raw Sensory Input",
+ECCV 2018 (matchmaps, speech-prompted localisation); Zhang et al., "Top-down Neural Attention by Excitation
+Backprop", ECCV 2016 (the pointing game).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .grounding import word_frame_spans
+
+WORDS = ("shape", "name")
+REDUCTIONS = ("mean", "max")
+
+
+# ---- which words name which object -------------------------------------------------------------------------
+def naming_span(word_index: Sequence[int], word: str = "shape") -> tuple[int, int] | None:
+    """First and last position (inclusive) in the caption of the words localised for one object.
+
+    ``word_index`` lists the positions of the words naming the object (size, colour, shape, in spoken order);
+    None when the caption does not name it. The shape noun ends the first run of consecutive naming words:
+    "big red [star]" and "a big [star] that is red" (the colour comes after a gap).
+    """
+    if word not in WORDS:
+        raise ValueError(f"localization.py: word must be one of {WORDS}, got {word!r}")
+    if not word_index:
+        return None
+    idx = sorted(int(i) for i in word_index)
+    if word == "name":
+        return idx[0], idx[-1]
+    # consecutive positions have i - rank constant; the first run is where it still equals its first value
+    run = np.asarray(idx) - np.arange(len(idx))
+    last = idx[int(np.flatnonzero(run == run[0])[-1])]
+    return last, last
+
+
+def spoken_objects(entries: Sequence[dict], word: str = "shape") -> dict[str, Any]:
+    """One row per spoken object of SpokenScenes manifest entries (the JSON items of ``data``).
+
+    Returns columns (K rows): ``pair`` [K] int64 (position in ``entries``), ``object`` [K] int64 (position in
+    the entry's ``objects``), ``start`` / ``end`` [K] float64 seconds of the localised words, and lists
+    ``shape``, ``size``, ``text`` (the localised words) and ``mask`` (the entry's mask: a path relative to the
+    manifest's ``mask_base_path``, or an array / tensor).
+    """
+    cols: dict[str, list] = {k: [] for k in ("pair", "object", "start", "end", "shape", "size", "text", "mask")}
+    for i, entry in enumerate(entries):  # parsing JSON items; the heat maps themselves are batched
+        if not isinstance(entry, dict) or "words" not in entry or "objects" not in entry:
+            have = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+            raise ValueError(f"localization.py: entry {i} has no 'words'/'objects' (got {have}); speech-prompted "
+                             "localisation needs a SpokenScenes manifest (word timings and object masks)")
+        words = entry["words"]
+        for k, obj in enumerate(entry["objects"]):
+            span = naming_span(obj.get("word_index") or [], word)
+            if span is None:
+                continue
+            if span[1] >= len(words) or span[0] < 0:
+                raise ValueError(f"localization.py: entry {i} ({entry.get('uttid', '')}), object {k}: word_index "
+                                 f"{obj['word_index']} points past the caption's {len(words)} words")
+            cols["pair"].append(i)
+            cols["object"].append(k)
+            cols["start"].append(float(words[span[0]]["start"]))
+            cols["end"].append(float(words[span[1]]["end"]))
+            cols["shape"].append(obj.get("shape", "?"))
+            cols["size"].append(obj.get("size", "?"))
+            cols["text"].append(" ".join(w["word"] for w in words[span[0]: span[1] + 1]))
+            cols["mask"].append(obj["mask"])
+    for key, dtype in (("pair", torch.long), ("object", torch.long), ("start", torch.float64), ("end", torch.float64)):
+        cols[key] = torch.tensor(cols[key], dtype=dtype)
+    return cols
+
+
+# ---- heat maps and peaks -----------------------------------------------------------------------------------
+def word_heatmaps(image_out: Tensor, audio_out: Tensor, pair: Tensor, start: Tensor, end: Tensor,
+                  reduce: str = "mean") -> Tensor:
+    """Heat maps [K, H, W] of K words at once.
+
+    Word k's map is the matchmap of image ``pair[k]`` and caption ``pair[k]`` reduced (``"mean"`` or ``"max"``)
+    over its output frames ``start[k] <= t < end[k]``: for each word, exactly
+    ``grounding.word_heatmap(matchmap(image_out[p], audio_out[p]), start, end, reduce)``, with the same clamping
+    (at least one frame, inside the map).
+
+    Args:
+        image_out: [B, D, H, W] region maps.
+        audio_out: [B, D, T] frame maps.
+        pair: [K] rows of the batch; start, end: [K] output frames.
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"localization.py: reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    if image_out.dim() != 4 or audio_out.dim() != 3 or image_out.shape[:2] != audio_out.shape[:2]:
+        raise ValueError(f"localization.py: need image maps [B, D, H, W] and frame maps [B, D, T] of the same B and "
+                         f"D, got {tuple(image_out.shape)} and {tuple(audio_out.shape)}")
+    K, (H, W), T = pair.numel(), image_out.shape[-2:], audio_out.size(-1)
+    pair = pair.to(image_out.device)
+    start = start.to(image_out.device).clamp(0, T - 1)
+    end = torch.maximum(end.to(image_out.device), start + 1).clamp(max=T)
+    mm = torch.einsum("kdr,kdt->krt", image_out[pair].flatten(2), audio_out[pair])  # [K, R, T]
+    t = torch.arange(T, device=mm.device)
+    inside = ((t >= start[:, None]) & (t < end[:, None]))[:, None, :]  # [K, 1, T]
+    if reduce == "mean":
+        heat = torch.where(inside, mm, torch.zeros((), dtype=mm.dtype, device=mm.device)).sum(-1)
+        heat = heat / (end - start)[:, None].to(mm.dtype)
+    else:
+        heat = mm.masked_fill(~inside, float("-inf")).amax(-1)
+    return heat.view(K, H, W)
+
+
+def peak_in_mask(heat: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Where do heat maps [K, h, w] peak in image pixels, and do the peaks lie in the masks [K, H, W]?
+
+    The peak of a heat map upsampled bilinearly to H x W is the centre of its best cell: bilinear interpolation
+    is a convex combination of neighbouring cells, so it never exceeds the best one and equals it at its centre.
+    (An upsampled border cell is a flat plateau, on which a plain argmax would pick the plateau's corner.) So the
+    peak is the pixel holding the centre of the best cell, ``floor((i + 0.5) * H / h)``, without building the
+    upsampled maps. Ties between cells go to the first in row-major order.
+
+    Returns ``hits`` [K] bool (the peak pixel lies in the mask) and ``peaks`` [K, 2] (row, column) in pixels.
+    """
+    if heat.dim() != 3 or masks.dim() != 3 or heat.size(0) != masks.size(0):
+        raise ValueError(f"localization.py: need heat maps [K, h, w] and masks [K, H, W], got {tuple(heat.shape)} "
+                         f"and {tuple(masks.shape)}")
+    if not torch.isfinite(heat).all():
+        raise ValueError("localization.py: heat maps are not finite; the model's outputs hold NaN or inf")
+    (K, h, w), (H, W) = heat.shape, masks.shape[1:]
+    best = heat.flatten(1).argmax(1).cpu()
+    cell = torch.stack([best // w, best % w], dim=1).double()
+    scale = torch.tensor([H / h, W / w], dtype=torch.float64)
+    peaks = torch.floor((cell + 0.5) * scale).long()
+    hits = masks.bool().cpu()[torch.arange(K), peaks[:, 0], peaks[:, 1]]
+    return hits, peaks
+
+
+def _load_mask(mask: Any, mask_root: str | os.PathLike | None) -> Tensor:
+    """A bool [H, W] mask from a path under ``mask_root`` (PNG, nonzero = object) or an array / tensor."""
+    if isinstance(mask, (str, os.PathLike)):
+        if mask_root is None:
+            raise ValueError(f"localization.py: mask {mask!r} is a path but no mask_root was given (the manifest's "
+                             "mask_base_path, relative to the manifest's folder)")
+        from PIL import Image  # only needed for masks stored as files
+
+        path = os.path.join(mask_root, os.fspath(mask))
+        try:
+            with Image.open(path) as img:
+                return torch.from_numpy(np.asarray(img.convert("L")) > 127)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"localization.py: cannot read mask {path}: {err}") from err
+    mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    if mask.dim() != 2:
+        raise ValueError(f"localization.py: a mask must be [H, W], got shape {tuple(mask.shape)}")
+    return mask.bool()
+
+
+def _group_rates(values: dict[str, Tensor], labels: list[str]) -> dict[str, dict[str, float]]:
+    """Mean of each value per label (one pass with index_add), plus the count."""
+    names, inverse = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
+    inverse = torch.as_tensor(inverse.reshape(-1), dtype=torch.long)
+    counts = torch.bincount(inverse, minlength=len(names)).double()
+    out = {str(n): {"n": int(c)} for n, c in zip(names, counts)}
+    for key, v in values.items():
+        sums = torch.zeros(len(names), dtype=torch.float64).index_add_(0, inverse, v.double())
+        for n, s, c in zip(names, sums, counts):
+            out[str(n)][key] = float(s / c)
+    return out
+
+
+# ---- the metric ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def localization_accuracy(
+    model: nn.Module,
+    batches: Iterable[dict],
+    entries: Sequence[dict],
+    mask_root: str | os.PathLike | None = None,
+    word: str = "shape",
+    reduce: str = "mean",
+    frames_per_second: float = 100.0,
+    return_records: bool = False,
+) -> dict[str, Any]:
+    """Speech-prompted localisation accuracy of a retrieval model over the pairs in ``batches``.
+
+    Args:
+        model: ``model(image, audio, nframes) -> (image_out [B, D, H, W], audio_out [B, D, T], out_nframes)``
+            with ``model.audio_net.output_frames`` (any retrieval module with a frame-level audio net). It is
+            run in eval mode and put back in its previous mode afterwards.
+        batches: batch dicts with ``image``, ``audio``, ``nframes`` and ``index`` (the position of each pair in
+            ``entries``), e.g. a DataLoader over the split (images resized whole, see the module docstring).
+        entries: the manifest's items (``words``, ``objects`` with ``word_index`` and ``mask``).
+        mask_root: folder the masks' paths are relative to (``mask_base_path`` joined to the manifest's
+            folder); not needed when the entries hold the masks as arrays.
+        word: ``"shape"`` or ``"name"`` (see the module docstring).
+        reduce: ``"mean"`` or ``"max"`` of the matchmap over the word's frames.
+        frames_per_second: input frames per second (100: 10 ms hop).
+        return_records: also return the per-word rows under ``records``.
+
+    Returns:
+        ``accuracy`` (peak inside the mask), ``chance`` (mean mask area fraction), ``centre`` (hit rate of the
+        image centre), ``n_words``, ``n_pairs``, ``n_skipped`` (words starting after a truncated caption's end),
+        ``by_shape`` and ``by_size`` ({label: {"accuracy", "chance", "centre", "n"}}), ``word``, ``reduce``;
+        with ``return_records``, ``records`` = {"pair", "object", "hit", "peak" [K, 2], "area", "shape",
+        "size", "text"}.
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"localization.py: reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    audio_net = getattr(model, "audio_net", None)
+    if audio_net is None or not hasattr(audio_net, "output_frames"):
+        raise ValueError("localization.py: the model needs an audio_net with output_frames (a retrieval module)")
+    objects = spoken_objects(entries, word)
+    lookup = torch.full((len(entries),), -1, dtype=torch.long)  # pair -> row in the current batch
+    done = torch.zeros(len(entries), dtype=torch.bool)  # a pair seen twice is counted once
+    rows: dict[str, list] = {k: [] for k in ("row", "hit", "peak", "area", "centre")}
+    n_skipped = 0
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            index = torch.as_tensor(batch["index"]).long().cpu()
+            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(entries)):
+                raise ValueError(f"localization.py: batch index {int(index.max())} is outside the {len(entries)} "
+                                 "entries; batches and entries must come from the same manifest")
+            fresh = ~done[index]
+            lookup[index[fresh]] = torch.arange(index.numel())[fresh]
+            sel = torch.nonzero(lookup[objects["pair"]] >= 0).view(-1)  # this batch's spoken objects
+            if sel.numel():
+                image_out, audio_out, out_nframes = model(
+                    batch["image"].to(device), batch["audio"].to(device), batch["nframes"].to(device))
+                if out_nframes is None or image_out.dim() != 4 or audio_out.dim() != 3:
+                    raise ValueError(
+                        "localization.py: needs a frame-level model whose forward returns image maps [B, D, H, W], "
+                        f"frame maps [B, D, T] and their valid frames; got {tuple(image_out.shape)}, "
+                        f"{tuple(audio_out.shape)}, out_nframes={out_nframes} (pooled models cannot localise)")
+                b = lookup[objects["pair"][sel]]
+                start, end = word_frame_spans(objects["start"][sel], objects["end"][sel], audio_net.output_frames,
+                                              frames_per_second)
+                valid = torch.as_tensor(out_nframes).long().cpu()[b]
+                ok = start < valid  # a word after the end of a truncated caption has no frames
+                n_skipped += int((~ok).sum())
+                sel, b, start, end = sel[ok], b[ok], start[ok], torch.minimum(end[ok], valid[ok])
+                heat = word_heatmaps(image_out, audio_out, b, start, end, reduce).float().cpu()
+                masks = [_load_mask(objects["mask"][i], mask_root) for i in sel.tolist()]
+                # masks of different sizes (rare) are tested group by group
+                sizes = [tuple(m.shape) for m in masks]
+                for size in dict.fromkeys(sizes):
+                    g = [j for j, s in enumerate(sizes) if s == size]
+                    stack = torch.stack([masks[j] for j in g])
+                    hits, peaks = peak_in_mask(heat[g], stack)
+                    rows["row"].append(sel[g])
+                    rows["hit"].append(hits)
+                    rows["peak"].append(peaks)
+                    rows["area"].append(stack.flatten(1).double().mean(1))
+                    rows["centre"].append(stack[:, size[0] // 2, size[1] // 2])
+            done[index] = True
+            lookup[index] = -1
+    finally:
+        model.train(was_training)
+
+    if not rows["row"]:
+        raise ValueError("localization.py: no spoken object of the entries was found in the batches")
+    row = torch.cat(rows["row"])
+    hit, area, centre = torch.cat(rows["hit"]), torch.cat(rows["area"]), torch.cat(rows["centre"])
+    shapes = [objects["shape"][i] for i in row.tolist()]
+    sizes = [objects["size"][i] for i in row.tolist()]
+    values = {"accuracy": hit.double(), "chance": area, "centre": centre.double()}
+    result: dict[str, Any] = {
+        "accuracy": float(hit.double().mean()),
+        "chance": float(area.mean()),
+        "centre": float(centre.double().mean()),
+        "n_words": int(row.numel()),
+        "n_pairs": int(objects["pair"][row].unique().numel()),
+        "n_skipped": n_skipped,
+        "by_shape": _group_rates(values, shapes),
+        "by_size": _group_rates(values, sizes),
+        "word": word,
+        "reduce": reduce,
+    }
+    if return_records:
+        result["records"] = {
+            "pair": objects["pair"][row], "object": objects["object"][row], "hit": hit,
+            "peak": torch.cat(rows["peak"]), "area": area, "shape": shapes, "size": sizes,
+            "text": [objects["text"][i] for i in row.tolist()],
+        }
+    return result
+
+
+# ---- reading manifests and checkpoints -------------------------------------------------------------------
+def read_manifest_entries(path: str | os.PathLike) -> tuple[list[dict], str | None]:
+    """The items of a manifest JSON and its mask folder (``mask_base_path`` joined to the manifest's folder)."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"localization.py: cannot read manifest {path}: {err}") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
+        raise ValueError(f"localization.py: manifest {path} has no 'data' list")
+    base = raw.get("mask_base_path")
+    mask_root = None if base is None else os.path.join(os.path.dirname(os.path.abspath(path)), base)
+    return raw["data"], mask_root
+
+
+def load_retrieval_checkpoint(path: str | os.PathLike, model_class: type | None = None,
+                              map_location: str | torch.device = "cpu") -> nn.Module:
+    """A VGS-Lightning module from a Lightning checkpoint, in eval mode.
+
+    The class is ``model_class`` or, for checkpoints written under LightningCLI, the ``_class_path`` in their
+    hyperparameters. Hyperparameters the class does not take are dropped with a warning (checkpoints written
+    while ``cli.py`` linked ``data.n_places`` into every model carry an ``n_places`` that retrieval modules
+    reject, so that ``load_from_checkpoint`` alone fails on them).
+    """
+    import importlib
+    import inspect
+    import io
+    import warnings
+
+    from .base import VGSModule
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"localization.py: no checkpoint file {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if model_class is None:
+        class_path = hparams.get("_class_path")
+        if not class_path:
+            raise ValueError(f"localization.py: checkpoint {path} names no model class (_class_path); pass "
+                             "model_class (e.g. lightning_modules.DAVEnet)")
+        module_name, _, name = class_path.rpartition(".")
+        model_class = getattr(importlib.import_module(module_name), name)
+    accepted = set()
+    for cls in model_class.__mro__:
+        if isinstance(cls, type) and issubclass(cls, VGSModule) and "__init__" in vars(cls):
+            accepted |= set(inspect.signature(cls.__init__).parameters)
+    extra = sorted(k for k in hparams if not k.startswith("_") and k not in accepted)
+    if not extra:
+        model = model_class.load_from_checkpoint(path, map_location=map_location)
+    else:
+        warnings.warn(f"{path}: ignoring hyperparameters that {model_class.__name__} does not take: {extra}",
+                      stacklevel=2)
+        ckpt["hyper_parameters"] = {k: v for k, v in hparams.items() if k not in extra}
+        buffer = io.BytesIO()
+        torch.save(ckpt, buffer)
+        buffer.seek(0)
+        model = model_class.load_from_checkpoint(buffer, map_location=map_location)
+    return model.eval()
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+def format_result(result: dict[str, Any]) -> str:
+    """A few readable lines: the accuracy with its baselines, then the breakdowns."""
+    lines = [f"word={result['word']} reduce={result['reduce']}: {result['n_words']} spoken objects in "
+             f"{result['n_pairs']} pairs" + (f" ({result['n_skipped']} skipped)" if result["n_skipped"] else ""),
+             f"  accuracy {result['accuracy']:.3f}   chance {result['chance']:.3f}   centre {result['centre']:.3f}"]
+    for title in ("by_shape", "by_size"):
+        lines.append(f"  {title.replace('_', ' ')}:")
+        for label, r in result[title].items():
+            lines.append(f"    {label:<10} {r['accuracy']:.3f}  (chance {r['chance']:.3f}, centre {r['centre']:.3f}, "
+                         f"n={r['n']})")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
+    """``python -m lightning_modules.localization --ckpt C --manifest M``: print (and optionally save) the metric."""
+    parser = argparse.ArgumentParser(prog="python -m lightning_modules.localization",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of a frame-level retrieval model")
+    parser.add_argument("--manifest", required=True, help="SpokenScenes manifest (e.g. data/spokenscenes/test.json)")
+    parser.add_argument("--word", nargs="+", choices=WORDS, default=["shape"], help="words localised per object")
+    parser.add_argument("--reduce", choices=REDUCTIONS, default="mean", help="matchmap reduction over a word's frames")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="image side fed to the model (default: the checkpoint's data.image_size, else 224)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N pairs of the manifest")
+    parser.add_argument("--json", default=None, help="also write the results (without records) to this file")
+    args = parser.parse_args(argv)
+
+    # The wall: datamodules meets lightning_modules only here, in the command line.
+    from torch.utils.data import DataLoader, Subset
+
+    from datamodules import PlacesAudioDataset
+    from datamodules.places_audio import PlacesAudioCollate
+
+    model = load_retrieval_checkpoint(args.ckpt)
+    image_size = args.image_size
+    if image_size is None:
+        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+        image_size = int((ckpt.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
+    entries, mask_root = read_manifest_entries(args.manifest)
+    dataset = PlacesAudioDataset(args.manifest, target_length=None, image_transform="resize", image_size=image_size)
+    if args.limit is not None:
+        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
+                        collate_fn=PlacesAudioCollate())
+    print(f"speech-prompted localisation: {type(model).__name__} from {args.ckpt} on {args.manifest} "
+          f"({len(dataset)} pairs, images resized to {image_size} px)")
+    results = {}
+    for word in args.word:
+        results[word] = localization_accuracy(model, loader, entries, mask_root, word=word, reduce=args.reduce)
+        print(format_result(results[word]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -155,3 +155,46 @@ def test_predict_writes_spoken_search_results(spokenscenes, tmp_path):
     scores = [r["score"] for r in first["results"]]
     assert scores == sorted(scores, reverse=True)
     assert all(r["image"].endswith(".jpg") for r in first["results"])
+
+
+@pytest.mark.slow
+def test_place_warmup_then_retrieval_warm_start(spokenscenes, tmp_path):
+    """The README's flow: fit the place classifier, then DAVEnet with its audio net as the starting point."""
+    warm = _run("fit", _tiny_args(REPO / "configs" / "place_warmup.yaml", spokenscenes, tmp_path / "warm"))
+    best = warm.trainer.checkpoint_callback.best_model_path
+    assert best and warm.model.hparams.n_places == 16  # the 16 scene classes of the tiny training split
+    warm_audio = {k: v.clone() for k, v in warm.model.audio_net.state_dict().items()}
+
+    retrieval = cli.main(["fit", *_tiny_args(REPO / "configs" / "davenet.yaml", spokenscenes, tmp_path / "ret",
+                                             [f"--model.audio_encoder_ckpt={best}", "--trainer.max_epochs=0"])])
+    loaded = retrieval.model.audio_net.state_dict()
+    assert set(loaded) == set(warm_audio)
+    for key, value in warm_audio.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.slow
+def test_wandb_offline_dashboard_and_full_config(spokenscenes, tmp_path, monkeypatch):
+    """Offline W&B: recall, matchmap overlays, a retrieval table and the full CLI config land in the run."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = REPO / "configs" / "demo.yaml"
+    args = _tiny_args(config, spokenscenes, tmp_path)
+    args = [a for a in args if not a.startswith(("--trainer.logger", "--trainer.callbacks"))]
+    args += ["--trainer.logger=WandbLogger", "--trainer.logger.offline=true", f"--trainer.logger.save_dir={tmp_path}",
+             "--trainer.logger.project=vgs-test",
+             '--trainer.callbacks=[{"class_path": "lightning_modules.wandb_logging.WandbDashboard", '
+             '"init_args": {"n_pairs": 2, "n_queries": 3}}]']
+    fit = _run("fit", args)
+    run_config = dict(fit.trainer.logger.experiment.config)
+    fit.trainer.logger.experiment.finish()
+    runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+    assert len(runs) == 1
+    media = glob.glob(runs[0] + "/files/media/**/*", recursive=True)
+    assert any("matchmap_overlay" in m and m.endswith(".png") for m in media), media
+    assert any("retrieval_examples" in m and m.endswith(".table.json") for m in media), media
+    assert run_config["cli"]["model"]["class_path"] == "lightning_modules.DAVEnet"
+    assert run_config["cli"]["data"]["image_transform"] == "resize_flip"
+    # the config also sits beside the checkpoints of this run
+    ckpt_dir = Path(fit.trainer.checkpoint_callback.best_model_path).parent
+    assert (ckpt_dir.parent / "config.yaml").exists()

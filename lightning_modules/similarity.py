@@ -18,7 +18,8 @@ and is reduced to one score (DAVEnet, ECCV 2018):
 over pairs. Captions are sorted by length and cut into small blocks, each trimmed to its own longest caption,
 so short captions do not pay for long ones (the GEMMs do hardly more work than cropping each pair). Padding
 frames (t >= nframes) are zeroed before the GEMM and masked in the reductions, so whatever they hold (NaN and
-inf included) changes neither a score nor a gradient.
+inf included) changes neither a score nor a gradient. ``paired_similarity`` (S(I_k, A_k) for the sampled
+losses) and SISA's masked pooling have hand-written backward passes, for speed and memory (see their classes).
 
 Precision: the GEMM runs in the inputs' dtype (under autocast, in autocast's dtype); the means over r and t
 are accumulated in float32 for float16/bfloat16 inputs, and the scores are returned in the GEMM's dtype.
@@ -40,6 +41,8 @@ DEFAULT_CHUNK_SIZE = 2**26
 # Caption frames per block (m captions x the longest one's T): few enough captions that length-sorted blocks
 # trim nearly all padding, enough columns for an efficient GEMM.
 FRAMES_PER_BLOCK = 1024
+# Audio elements whose padding is zeroed at once when pooling (SISA): 4 MiB of float32.
+POOL_CHUNK_ELEMENTS = 2**20
 
 
 # ---- input checks ------------------------------------------------------------------------------------------
@@ -128,9 +131,45 @@ def _pooled_frames(image: Tensor, audio: Tensor, lengths: Tensor) -> tuple[Tenso
     """Region-mean of image [N, D, R] and valid-frame mean of audio [M, D, T], both [*, D] in the input dtype."""
     acc = _accumulation_dtype(image.dtype)
     pooled_image = image.sum(-1, dtype=acc) / image.size(-1)
-    valid = _frame_mask(lengths, audio.size(-1))
-    pooled_audio = _zero_padding(audio, valid).sum(-1, dtype=acc) / lengths[:, None].to(acc)
+    pooled_audio = _valid_frame_sum(audio, lengths, acc) / lengths[:, None].to(acc)
     return pooled_image.to(image.dtype), pooled_audio.to(audio.dtype)
+
+
+def _valid_frame_sum(audio: Tensor, lengths: Tensor, acc: torch.dtype) -> Tensor:
+    """Sum over each caption's valid frames: audio [M, D, T] -> [M, D] in dtype acc (NaN-safe padding)."""
+    if audio.size(0) == 0:
+        return audio.new_zeros(0, audio.size(1), dtype=acc)
+    return _ValidFrameSum.apply(audio, lengths, acc)
+
+
+class _ValidFrameSum(torch.autograd.Function):
+    """sum_t<nframes audio[m, :, t] with a hand-written backward pass.
+
+    Why: masking then summing through autograd writes the full-size [M, D, T] tensor three times (the
+    masked copy, its gradient, the chunks' concatenation), and on CPU every fresh full-size tensor pays a page
+    fault per 4 KiB. Here the forward pass zeroes the padding a few captions at a time (small temporaries the
+    allocator reuses) and the backward pass writes the gradient once: g on valid frames, 0 on padding.
+    """
+
+    @staticmethod
+    def forward(ctx, audio: Tensor, lengths: Tensor, acc: torch.dtype) -> Tensor:
+        M, D, T = audio.shape
+        valid = _frame_mask(lengths, T)
+        step = max(1, POOL_CHUNK_ELEMENTS // (D * T))
+        sums = torch.cat([
+            _zero_padding(chunk, chunk_valid).sum(-1, dtype=acc)  # where(), not a multiply: NaN-safe
+            for chunk, chunk_valid in zip(audio.split(step), valid.split(step))
+        ])
+        ctx.save_for_backward(valid)
+        ctx.audio_dtype = audio.dtype
+        return sums
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (valid,) = ctx.saved_tensors
+        grad = grad.to(ctx.audio_dtype)[:, :, None]
+        return torch.where(valid[:, None, :], grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None
 
 
 # ---- public API ---------------------------------------------------------------------------------------------
@@ -194,7 +233,9 @@ def similarity_matrix(
 def paired_similarity(image: Tensor, audio: Tensor, nframes=None, kind: str = "MISA") -> Tensor:
     """S(image_k, audio_k) for B aligned pairs -> [B] (the diagonal of ``similarity_matrix``, at O(B) cost).
 
-    Shapes as in ``similarity_matrix`` with N = M = B. Memory is one matchmap per pair (B x R x T).
+    Shapes as in ``similarity_matrix`` with N = M = B. MISA and SIMA build the matchmaps of a few
+    length-sorted pairs at a time (about ``FRAMES_PER_BLOCK`` x R elements) and keep only the index of each
+    max for the backward pass, which gathers / scatters D-vectors instead of running matchmap GEMMs.
     """
     _check_kind(kind)
     if image.size(0) != audio.size(0):
@@ -207,11 +248,100 @@ def paired_similarity(image: Tensor, audio: Tensor, nframes=None, kind: str = "M
     if kind == "SISA":
         pooled_image, pooled_audio = _pooled_frames(image, audio, lengths)
         return torch.bmm(pooled_image.unsqueeze(1), pooled_audio.unsqueeze(2)).view(-1)
-    T = int(lengths.max()) if lengths.numel() else audio.size(-1)
-    valid = _frame_mask(lengths, T)  # [B, T]
-    mm = torch.bmm(_zero_padding(audio[..., :T], valid).transpose(1, 2), image)  # [B, T, R]
-    # Pair k sits at position (0, k) of a 1 x B "matrix" of matchmaps [1, B, T, R].
-    return _reduce_matchmaps(mm.unsqueeze(0), valid, kind).view(-1)
+    if image.size(0) == 0:
+        return image.new_zeros(0)
+    # The GEMM's dtype: the inputs', or autocast's. The Function below runs with autocast off, on inputs
+    # already cast, so that autograd handles the cast's backward.
+    gemm_dtype = torch.bmm(audio[:1, :, :1].transpose(1, 2), image[:1, :, :1]).dtype
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        return _PairedMatchmapScores.apply(image.to(gemm_dtype), audio.to(gemm_dtype), lengths, kind)
+
+
+class _PairedMatchmapScores(torch.autograd.Function):
+    """MISA / SIMA scores of aligned pairs, image [B, D, R] x audio [B, D, T] -> [B], with a hand-written
+    backward pass.
+
+    Why: autograd through one padded [B, T, R] matchmap runs three GEMMs at the batch's longest caption and
+    keeps the matchmaps for the backward pass. Here pairs are sorted by length and cut into blocks trimmed to
+    their own longest caption (as in ``similarity_matrix``), the forward pass keeps only each max's winner
+    index, and the backward pass uses that the gradient of a max-reduced matchmap is sparse: MISA puts
+    g / nframes on each valid frame's best region, SIMA g / R on each region's best frame. So each input's
+    gradient is a gather or a scatter-add of D-vectors of the other input, exactly what autograd's two GEMMs
+    would compute, without multiplying the zeros. On CUDA the scatter-add is deterministic under
+    ``torch.use_deterministic_algorithms``. The pass is not differentiable twice.
+    """
+
+    @staticmethod
+    def _blocks(lengths: Tensor, R: int):
+        """(pair indices, trimmed T, valid [b, T]) per block of length-sorted pairs."""
+        order = torch.argsort(lengths, stable=True)
+        T_max = int(lengths.max())
+        per_block = max(1, min(lengths.numel(), FRAMES_PER_BLOCK // T_max, DEFAULT_CHUNK_SIZE // (R * T_max)))
+        for b0 in range(0, lengths.numel(), per_block):
+            idx = order[b0 : b0 + per_block]
+            T = int(lengths[idx].max())
+            yield idx, T, _frame_mask(lengths[idx], T)
+
+    @staticmethod
+    def _audio_block(audio: Tensor, idx: Tensor, T: int, valid: Tensor) -> Tensor:
+        """Captions idx trimmed to T frames, padding zeroed (a fresh copy, so in place; NaN-safe)."""
+        return audio[idx, :, :T].masked_fill_(~valid[:, None, :], 0)
+
+    @staticmethod
+    def forward(ctx, image: Tensor, audio: Tensor, lengths: Tensor, kind: str) -> Tensor:
+        B, D, R = image.shape
+        acc = _accumulation_dtype(image.dtype)
+        scores = torch.empty(B, dtype=image.dtype, device=image.device)
+        winners = torch.zeros(B, int(lengths.max()) if kind == "MISA" else R, dtype=torch.long, device=image.device)
+        for idx, T, valid in _PairedMatchmapScores._blocks(lengths, R):
+            mm = torch.bmm(_PairedMatchmapScores._audio_block(audio, idx, T, valid).transpose(1, 2), image[idx])
+            # The same reductions as _reduce_matchmaps ([b, T, R] here), keeping the winners' indices.
+            if kind == "MISA":
+                best, winners[idx, :T] = mm.max(dim=2)  # [b, T]; exactly 0 at padding frames
+                weights = valid.to(acc) / valid.sum(-1, keepdim=True).to(acc)
+                scores[idx] = (best.to(acc) * weights).sum(-1).to(mm.dtype)
+            else:
+                best, winners[idx] = mm.masked_fill_(~valid[..., None], float("-inf")).max(dim=1)  # [b, R]
+                scores[idx] = best.to(acc).mean(dim=-1).to(mm.dtype)
+        ctx.kind = kind
+        ctx.save_for_backward(image, audio, lengths, winners)
+        return scores
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        image, audio, lengths, winners = ctx.saved_tensors
+        B, D, R = image.shape
+        acc = _accumulation_dtype(image.dtype)
+        # Every pair lies in exactly one block, so the blocks' gradients are written, not accumulated.
+        grad_image = torch.empty_like(image) if ctx.needs_input_grad[0] else None
+        grad_audio = torch.empty_like(audio) if ctx.needs_input_grad[1] else None
+        channels = torch.arange(D, device=image.device)[None, :, None]
+        for idx, T, valid in _PairedMatchmapScores._blocks(lengths, R):
+            b = idx.numel()
+            g = grad[idx].to(acc)
+            pairs = idx[:, None, None]
+            if grad_audio is not None:
+                grad_audio[:, :, T:].index_fill_(0, idx, 0)  # frames past the block's longest caption
+            if ctx.kind == "MISA":
+                weights = (g[:, None] * valid.to(acc) / valid.sum(-1, keepdim=True).to(acc)).to(image.dtype)
+                weights = weights[:, None, :]  # [b, 1, T]; 0 at padding frames
+                where = winners[idx, None, :T].expand(b, D, T)  # frame t's best region
+                if grad_audio is not None:
+                    grad_audio[:, :, :T].index_copy_(0, idx, image[pairs, channels, where] * weights)
+                if grad_image is not None:
+                    audio_block = _PairedMatchmapScores._audio_block(audio, idx, T, valid)
+                    scattered = image.new_zeros(b, D, R).scatter_add_(2, where, audio_block * weights)
+                    grad_image.index_copy_(0, idx, scattered)
+            else:
+                weight = (g / R).to(image.dtype)[:, None, None]
+                where = winners[idx, None, :].expand(b, D, R)  # region r's best frame (always a valid one)
+                if grad_image is not None:
+                    grad_image.index_copy_(0, idx, audio[pairs, channels, where] * weight)
+                if grad_audio is not None:
+                    scattered = audio.new_zeros(b, D, T).scatter_add_(2, where, image[idx] * weight)
+                    grad_audio[:, :, :T].index_copy_(0, idx, scattered)
+        return grad_image, grad_audio, None, None
 
 
 def matchmap(image: Tensor, audio: Tensor, nframes: int | None = None) -> Tensor:

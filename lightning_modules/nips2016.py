@@ -22,6 +22,8 @@ class NIPS2016(RetrievalModule):
     """NIPS2016 retrieval model. The optimiser defaults are the paper's: SGD, momentum 0.9, lr 1e-5 with
     geometric decay (the paper gives a range, /2-/5 every 5-10 epochs; we take /2 every 5).
 
+    ``ACL2017`` is this model with another audio net (``audio_net_class``) and mean pooling.
+
     Args:
         embedding_dim: size of both embeddings (paper: 1024).
         pooling: temporal pooling of the audio map over valid frames, ``"max"`` (paper) or ``"mean"``.
@@ -34,6 +36,8 @@ class NIPS2016(RetrievalModule):
         loss: defaults to the sampled margin ranking loss (margin 1).
         **kwargs: see ``RetrievalModule`` and ``VGSModule``.
     """
+
+    audio_net_class: type[nn.Module] = NIPS2016AudioNet
 
     def __init__(
         self,
@@ -57,5 +61,5 @@ class NIPS2016(RetrievalModule):
             similarity_kind=similarity_kind, loss=loss, optimizer=optimizer, lr=lr, momentum=momentum,
             lr_schedule=lr_schedule, lr_step_epochs=lr_step_epochs, lr_decay=lr_decay, **kwargs,
         )
-        self.audio_net = NIPS2016AudioNet(embedding_dim, pooling, audio_width_mult, conv_batchnorm)
+        self.audio_net = self.audio_net_class(embedding_dim, pooling, audio_width_mult, conv_batchnorm)
         self.image_net = VGG16FC7Image(embedding_dim, pretrained=pretrained_image, width_mult=image_width_mult)

@@ -191,9 +191,14 @@ class VGSModule(pl.LightningModule):
 
     # ---- safety -------------------------------------------------------------------------------------
     def check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # Every rank must stop together: one rank raising alone would leave the others waiting forever
+            # in the gradient all-reduce.
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        if bad > 0:
             raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step "
+                f"training loss is {loss.item()} (on this rank) at epoch {self.current_epoch}, global step "
                 f"{self.global_step}; stopped before the optimiser step, so the weights and every checkpoint "
                 "saved so far are the last good ones. Lower the learning rate or check the input data."
             )

@@ -165,7 +165,7 @@ def test_nan_loss_stops_before_the_optimiser_step_and_keeps_the_checkpoints(tiny
             seen["params"] = {k: p.detach().clone() for k, p in pl_module.named_parameters()}
 
     trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[ckpt, Snapshot()])
-    with pytest.raises(NonFiniteLossError, match="training loss is nan at epoch 1"):
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan \(on this rank\) at epoch 1"):
         trainer.fit(model, datamodule=tiny_data())
     # No optimiser step was taken with the NaN loss: the parameters are those from before the bad batch.
     for k, p in model.named_parameters():

@@ -72,6 +72,7 @@ class PlacesAudioDataset(Dataset):
         pad_value: value of padded frames (official: 0.0; see `pad_or_truncate`).
         place_labels: return the scene class id under `place`; needs a label map (`label_map` or `set_label_map`).
         label_map: class name -> id.
+        load_images: False leaves out `image` (audio-only tasks such as the place warm-up skip the decoding).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class PlacesAudioDataset(Dataset):
         pad_value: float = 0.0,
         place_labels: bool = False,
         label_map: dict[str, int] | None = None,
+        load_images: bool = True,
     ):
         if on_bad_sample not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
@@ -101,6 +103,7 @@ class PlacesAudioDataset(Dataset):
         self.pad_value = float(pad_value)
         self.store = FeatureStore.open(feature_cache, self.manifest) if feature_cache is not None else None
         self.place_labels = place_labels
+        self.load_images = load_images
         self.place_names = self.manifest.place_names() if place_labels else None
         self.place: np.ndarray | None = None
         if place_labels and label_map is not None:
@@ -154,7 +157,7 @@ class PlacesAudioDataset(Dataset):
     def __getitem__(self, i: int) -> dict | SkippedSample:
         try:
             audio = self.features(i)
-            image = image_tensor(self.manifest.image_path(i), self.transform)
+            image = image_tensor(self.manifest.image_path(i), self.transform) if self.load_images else None
         except BadSampleError as err:
             if self.on_bad_sample == "error":
                 raise self._with_item(err, i) from None
@@ -163,8 +166,9 @@ class PlacesAudioDataset(Dataset):
             audio, nframes = pad_or_truncate(audio, self.target_length, self.pad_value)
         else:
             nframes = audio.shape[-1]
-        item = {"audio": audio, "nframes": nframes, "image": image, "index": i,
-                "image_id": int(self.manifest.image_id[i])}
+        item = {"audio": audio, "nframes": nframes, "index": i, "image_id": int(self.manifest.image_id[i])}
+        if image is not None:
+            item["image"] = image
         if self.place_labels:
             if self.place is None:
                 raise RuntimeError("place_labels=True but no label map was set (PlacesAudioDataset.set_label_map)")
@@ -195,10 +199,11 @@ class PlacesAudioCollate:
             batch = {
                 "audio": audio.contiguous().float(),
                 "nframes": torch.tensor([x["nframes"] for x in good], dtype=torch.int64),
-                "image": torch.stack([x["image"] for x in good]),
                 "index": torch.tensor([x["index"] for x in good], dtype=torch.int64),
                 "image_id": torch.tensor([x["image_id"] for x in good], dtype=torch.int64),
             }
+            if "image" in good[0]:
+                batch["image"] = torch.stack([x["image"] for x in good])
             if "place" in good[0]:
                 batch["place"] = torch.tensor([x["place"] for x in good], dtype=torch.int64)
         else:
@@ -396,6 +401,8 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         seed: seed of the training order (bucketing, shuffling); None: Lightning's global seed (PL_GLOBAL_SEED) or 0.
         check_files: in setup, check that every wav and image exists (missing ones: an error, or a warning in
             skip mode) so that problems show up before training starts.
+        load_images: False leaves `image` out of the batches: audio-only training (the place warm-up) then
+            skips the JPEG decoding.
     """
 
     def __init__(
@@ -418,6 +425,7 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         seed: int | None = None,
         check_files: bool = True,
+        load_images: bool = True,
     ):
         super().__init__()
         if batch_size < 1:
@@ -447,6 +455,7 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.seed = seed
         self.check_files = check_files
+        self.load_images = load_images
         self.datasets: dict[str, PlacesAudioDataset] = {}
         self.skip_logs = {split: SkipLog(split, when=self._epoch_label) for split in self.manifest_paths}
         self._manifests: dict[str, Manifest] = {}
@@ -523,10 +532,8 @@ class PlacesAudioDataModule(pl.LightningDataModule):
 
     def _build_dataset(self, split: str) -> PlacesAudioDataset:
         manifest = self.manifest(split)
-        if self.check_files and self.feature_cache is None:
-            self._check_files(manifest)
-        elif self.check_files:
-            self._check_files(manifest, images_only=True)
+        if self.check_files:
+            self._check_files(manifest, wavs=self.feature_cache is None, images=self.load_images)
         return PlacesAudioDataset(
             manifest,
             target_length=self.target_length,
@@ -537,10 +544,12 @@ class PlacesAudioDataModule(pl.LightningDataModule):
             feature_cache=self.feature_cache,
             pad_value=self.pad_value,
             place_labels=self.place_labels,
+            load_images=self.load_images,
         )
 
-    def _check_files(self, manifest: Manifest, images_only: bool = False) -> None:
-        missing = [m for m in manifest.missing_files() if not (images_only and m[1] == "wav")]
+    def _check_files(self, manifest: Manifest, wavs: bool = True, images: bool = True) -> None:
+        kinds = {kind for kind, on in (("wav", wavs), ("image", images)) if on}
+        missing = [m for m in manifest.missing_files() if m[1] in kinds]
         if not missing:
             return
         shown = "; ".join(f"item {i}: {kind} {path}" for i, kind, path in missing[:5])

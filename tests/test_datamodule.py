@@ -569,3 +569,18 @@ def test_describe_and_denormalize_for_display(make_manifest):
     raw = torch.rand(3, 16, 16)
     normalised = (raw - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
     torch.testing.assert_close(dm.denormalize(normalised), raw)
+
+
+def test_audio_only_batches_skip_images(make_manifest):
+    manifest = make_manifest(n=4, name="train")
+    # a missing image does not matter when images are not loaded
+    data = json.loads(manifest.read_text())
+    data["data"][0]["image"] = "r/runway/missing.jpg"
+    manifest.write_text(json.dumps(data))
+    dm = PlacesAudioDataModule(train_manifest=str(manifest), batch_size=4, num_workers=0, load_images=False,
+                               place_labels=True, target_length=None)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert "image" not in batch and batch["audio"].shape[0] == 4 and batch["place"].shape == (4,)
+    with pytest.raises(BadSampleError, match="missing.jpg"):
+        PlacesAudioDataModule(train_manifest=str(manifest), num_workers=0).setup("fit")

@@ -78,7 +78,7 @@ class RunConfigSaver(SaveConfigCallback):
         while os.path.exists(path):
             path = os.path.join(run_dir, f"config-resumed-{n}.yaml")
             n += 1
-        self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+        self.parser.save(self.config, path, skip_unset=False, overwrite=True, multifile=self.multifile)
         rank_zero_info(f"config saved to {path}")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

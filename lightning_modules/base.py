@@ -302,4 +302,5 @@ class RetrievalModule(VGSModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         image_out, audio_out, out_nframes = self(batch["image"], batch["audio"], batch["nframes"])
-        return {"image_out": image_out, "audio_out": audio_out, "nframes": out_nframes, "index": batch["index"]}
+        return {"image_out": image_out, "audio_out": audio_out, "nframes": out_nframes, "index": batch["index"],
+                "image_id": batch.get("image_id")}

@@ -111,21 +111,26 @@ class SpokenSearchWriter(BasePredictionWriter):
         else:
             audio, nframes = torch.stack([it["audio_out"] for it in items]).float(), None
         S = similarity_matrix(images, audio, nframes, kind=kind, chunk_size=self.chunk_size)  # [images, captions]
+        row_of_image = {image_id: row for row, image_id in enumerate(gallery_rows)}
         k = min(self.top_k, S.shape[0])
         result: dict[str, Any] = {"similarity_kind": kind, "top_k": self.top_k}
         if self.direction in ("a2i", "both"):
             scores, rows = S.t().topk(k, dim=1)
-            result["a2i"] = [
-                {
+            queries = []
+            for q, it in enumerate(items):
+                own = row_of_image[it["image_id"]]
+                column = S[:, q]
+                # rank of the caption's own image, ties broken by gallery order as in retrieval_metrics
+                rank = 1 + int((column > column[own]).sum()) + int((column[:own] == column[own]).sum())
+                queries.append({
                     "query": item_info(dataset, it["index"]),
                     "results": [
                         {"rank": r + 1, "score": float(scores[q, r]), **item_info(dataset, items[image_pos[rows[q, r]]]["index"])}
                         for r in range(k)
                     ],
-                    "correct_rank": 1 + int((S[:, q] > S[image_pos.index(gallery_rows[it["image_id"]]), q]).sum()),
-                }
-                for q, it in enumerate(items)
-            ]
+                    "own_image_rank": rank,
+                })
+            result["a2i"] = queries
         if self.direction in ("i2a", "both"):
             kc = min(self.top_k, S.shape[1])
             scores, cols = S.topk(kc, dim=1)

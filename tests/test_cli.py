@@ -155,6 +155,10 @@ def test_predict_writes_spoken_search_results(spokenscenes, tmp_path):
     scores = [r["score"] for r in first["results"]]
     assert scores == sorted(scores, reverse=True)
     assert all(r["image"].endswith(".jpg") for r in first["results"])
+    for query in result["a2i"]:  # the reported rank of the caption's own image agrees with its top results
+        own_first = query["results"][0]["image"] == query["query"]["image"]
+        assert (query["own_image_rank"] == 1) == own_first
+    assert result["i2a"][0]["query"]["image"] and len(result["i2a"][0]["results"]) == 3
 
 
 @pytest.mark.slow

@@ -10,14 +10,12 @@ Steps:
 4. test the best checkpoint (by validation mean R@10) on the test split;
 5. write runs/demo/metrics.json and print the recall table.
 
-Environment: DEMO_MINUTES (default 10), DEMO_TRAIN / DEMO_VAL / DEMO_TEST (default 4000 / 500 / 500 pairs),
+Environment: DEMO_MINUTES (default 10), DEMO_TRAIN / DEMO_VAL / DEMO_TEST (default 8000 / 500 / 500 pairs),
 DEMO_DATA (default data/spokenscenes), DEMO_RUNS (default runs/demo).
 """
 
 from __future__ import annotations
 
-import csv
-import glob
 import json
 import os
 import sys
@@ -28,12 +26,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
+from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 
 import cli  # noqa: E402
 from datamodules import load_manifest  # noqa: E402
 from datamodules.cache import FeatureCacheError, FeatureStore, build_cache  # noqa: E402
 from datamodules.manifest import place_label  # noqa: E402
 from datamodules.spokenscenes import generate  # noqa: E402
+from lightning_modules.csvlog import validation_curve  # noqa: E402
 
 
 def _env_int(name: str, default: int) -> int:
@@ -67,21 +68,17 @@ def ensure_cache(root: Path) -> Path:
     return cache
 
 
-def learning_curve(run_root: Path) -> list[dict]:
-    """Validation mean R@10 per epoch with the training minutes, from the CSV log of the newest run."""
-    files = sorted(glob.glob(str(run_root / "csv" / "version_*" / "metrics.csv")), key=os.path.getmtime)
-    if not files:
-        return []
-    curve = []
-    with open(files[-1]) as f:
-        for row in csv.DictReader(f):
-            if row.get("val/mean_R@10"):
-                point = {"epoch": int(row["epoch"]), "step": int(row["step"]),
-                         "val_mean_R@10": float(row["val/mean_R@10"]), "val_mean_R@1": float(row["val/mean_R@1"])}
-                curve.append(point)
-            elif row.get("train/elapsed_min") and curve and curve[-1]["step"] == int(row["step"]):
-                curve[-1]["minutes"] = float(row["train/elapsed_min"])
-    return curve
+def loggers_in(runs: Path) -> list[dict]:
+    """demo.yaml's loggers with their save_dir moved to `runs`.
+
+    A dotted override (--trainer.logger.init_args.save_dir) reaches only the last logger of a list: the W&B run
+    and the checkpoints beside it would stay in the config's directory.
+    """
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    loggers = config["trainer"]["logger"]
+    for logger in loggers:
+        logger.setdefault("init_args", {})["save_dir"] = str(runs)
+    return loggers
 
 
 def scene_share_of_top1_errors(S: torch.Tensor, indices: torch.Tensor, manifest_path: Path) -> float | None:
@@ -97,7 +94,7 @@ def scene_share_of_top1_errors(S: torch.Tensor, indices: torch.Tensor, manifest_
 
 def main() -> int:
     minutes = float(os.environ.get("DEMO_MINUTES", "10") or 10)
-    sizes = {"train": _env_int("DEMO_TRAIN", 4000), "val": _env_int("DEMO_VAL", 500), "test": _env_int("DEMO_TEST", 500)}
+    sizes = {"train": _env_int("DEMO_TRAIN", 8000), "val": _env_int("DEMO_VAL", 500), "test": _env_int("DEMO_TEST", 500)}
     root = Path(os.environ.get("DEMO_DATA", REPO / "data" / "spokenscenes"))
     runs = Path(os.environ.get("DEMO_RUNS", REPO / "runs" / "demo"))
     torch.set_num_threads(os.cpu_count() or 1)
@@ -113,12 +110,14 @@ def main() -> int:
         f"--data.test_manifest={root / 'test.json'}",
         f"--data.feature_cache={cache}",
         f"--trainer.default_root_dir={runs}",
-        f"--trainer.logger.init_args.save_dir={runs}",
+        f"--trainer.logger={json.dumps(loggers_in(runs))}",
     ]
     print(f"[demo] training configs/demo.yaml for {minutes:g} minutes of wall time")
     start = time.time()
     fit = cli.main(["fit", *common, f"--trainer.max_time=00:{hh:02d}:{mm:02d}:{ss:02d}"])
     train_minutes = (time.time() - start) / 60
+    # The test run below logs into a new CSV version: take the curve from the fit's own log.
+    fit_csv = next((Path(lg.log_dir) / "metrics.csv" for lg in fit.trainer.loggers if isinstance(lg, CSVLogger)), None)
     ckpt_cb = fit.trainer.checkpoint_callback
     best = ckpt_cb.best_model_path or ckpt_cb.last_model_path
     print(f"[demo] best checkpoint {best} (val mean R@10 {float(ckpt_cb.best_model_score or 0):.3f})")
@@ -133,7 +132,7 @@ def main() -> int:
     result["top1_errors_with_right_scene"] = scene_share_of_top1_errors(
         model.test_recall.last_similarity.cpu(), model.test_recall.last_indices.cpu(), root / "test.json"
     )
-    result["learning_curve"] = learning_curve(runs)
+    result["learning_curve"] = validation_curve(fit_csv, ("val/mean_R@10", "val/mean_R@1")) if fit_csv else []
     runs.mkdir(parents=True, exist_ok=True)
     (runs / "metrics.json").write_text(json.dumps(result, indent=1))
 

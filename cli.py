@@ -63,7 +63,8 @@ class RunConfigSaver(SaveConfigCallback):
 
     Lightning's default writes ``config.yaml`` to ``trainer.log_dir``, which for W&B (and without a logger)
     is shared by every run, so the second run aborts. Here each run writes beside its checkpoints; a resumed
-    run adds ``config-resumed-N.yaml`` instead of overwriting the original.
+    run adds ``config-resumed-N.yaml`` and a test of the run's checkpoint ``config-test.yaml`` instead of
+    overwriting the original.
     """
 
     def __init__(self, parser, config, config_filename: str = "config.yaml", overwrite: bool = False,
@@ -73,10 +74,12 @@ class RunConfigSaver(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
         run_dir = run_directory(trainer)
         os.makedirs(run_dir, exist_ok=True)
-        path = os.path.join(run_dir, self.config_filename)
+        # fit: config.yaml, then config-resumed-N.yaml; validate/test/predict: config-<stage>[-N].yaml
+        stem = "config-resumed" if stage == "fit" else f"config-{stage}"
+        path = os.path.join(run_dir, self.config_filename if stage == "fit" else f"{stem}.yaml")
         n = 1
         while os.path.exists(path):
-            path = os.path.join(run_dir, f"config-resumed-{n}.yaml")
+            path = os.path.join(run_dir, f"{stem}-{n}.yaml")
             n += 1
         self.parser.save(self.config, path, skip_unset=False, overwrite=True, multifile=self.multifile)
         rank_zero_info(f"config saved to {path}")

@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-variants", default="fp32",
                    help="comma-separated: fp32, bf16, and +cl (channels-last) / +compile (audio net), "
                         "e.g. bf16+cl+compile")
-    p.add_argument("--train-batch", type=int, default=8, help="batch of the paper models (the demo keeps 64)")
+    p.add_argument("--train-batch", type=int, default=8,
+                   help="batch of the paper models (the demo keeps its config's 32)")
     return p.parse_args(argv)
 
 

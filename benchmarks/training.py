@@ -52,7 +52,7 @@ MODELS = {
     "resdavenet": Model("configs/resdavenet.yaml", 2048),
     "nips2016": Model("configs/nips2016.yaml", 2048),
     "acl2017": Model("configs/acl2017.yaml", 1024),
-    "demo": Model("configs/demo.yaml", 512, image_size=128, batch_size=64),
+    "demo": Model("configs/demo.yaml", 512, image_size=128, batch_size=32),  # demo.yaml's data.batch_size
 }
 
 # Dense peak TFLOP/s by device-name fragment: (bf16 tensor core, fp32 without tensor cores).

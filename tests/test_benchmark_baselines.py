@@ -208,3 +208,14 @@ def test_command_writes_results(tmp_path, capsys):
     assert row["ratio_min"] > 1 and math.isfinite(row["ours"]["median_s"])
     assert result["machine"]["torch"] == torch.__version__ and result["machine"]["cores"] >= 1
     assert "| recall |" in capsys.readouterr().out
+
+
+def test_full_validation_benchmark_runs_the_full_size_model_and_writes_json(tmp_path):
+    from benchmarks import full_validation
+
+    out = tmp_path / "full_validation.json"
+    result = full_validation.main(["--pairs", "7", "--frames", "64", "--image-size", "32", "--batch-size", "3",
+                                   "--json", str(out)])
+    assert json.loads(out.read_text())["pairs"] == 7
+    assert result["wall_s"] > 0 and result["peak_rss_gb"] > 0
+    assert 0.0 <= result["val_mean_R@10"] <= 1.0

@@ -75,6 +75,7 @@ class RunConfigSaver(SaveConfigCallback):
         run_dir = run_directory(trainer)
         os.makedirs(run_dir, exist_ok=True)
         # fit: config.yaml, then config-resumed-N.yaml; validate/test/predict: config-<stage>[-N].yaml
+        stage = str(getattr(stage, "value", stage))  # a TrainerFn enum: its str() is "TrainerFn.TESTING"
         stem = "config-resumed" if stage == "fit" else f"config-{stage}"
         path = os.path.join(run_dir, self.config_filename if stage == "fit" else f"{stem}.yaml")
         n = 1

@@ -72,6 +72,9 @@ def test_fit_then_test_round_trip(config, spokenscenes, tmp_path):
     assert saved["model"]["class_path"].endswith(_model_name(config))
 
     tested = _run("test", _tiny_args(config, spokenscenes, tmp_path, ["--ckpt_path", best]))
+    # the test run keeps its own config, named by its stage, and leaves the fit's config.yaml alone
+    assert [p.name for p in tmp_path.rglob("config-*.yaml")] == ["config-test.yaml"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == saved
     metrics = {k: float(v) for k, v in tested.trainer.callback_metrics.items()}
     if _model_name(config) == "PlaceClassifier":
         assert 0.0 <= metrics["test/acc_top1"] <= metrics["test/acc_top5"] <= 1.0

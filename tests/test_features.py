@@ -126,6 +126,20 @@ def test_wav_encodings_decode_to_the_same_features(tmp_path, write_wav, subtype,
     assert (out - reference)[loud].abs().max() <= tol
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_pcm16_fast_path_equals_libsndfile_float_decoding(tmp_path, write_wav, channels):
+    path = write_wav(tmp_path / "pcm16.wav", seconds=0.3, channels=channels, subtype="PCM_16")
+    # full scale both ways: -32768 must map to exactly -1.0, 32767 to 32767 / 32768
+    data = sf.read(str(path), dtype="int16", always_2d=True)[0]
+    data[:2] = np.array([-32768, 32767], dtype=np.int16)[:, None]
+    sf.write(str(path), data, 16000, subtype="PCM_16")
+    wave, sr = load_audio(path)
+    expected = sf.read(str(path), dtype="float32", always_2d=True)[0].T
+    assert wave.dtype == torch.float32 and wave.shape == (channels, data.shape[0]) and sr == 16000
+    assert torch.equal(wave, torch.from_numpy(np.ascontiguousarray(expected)))
+    assert wave[:, 0].eq(-1.0).all()
+
+
 def test_wav_num_frames_matches_decoding(tmp_path, write_wav):
     for sr, seconds in [(16000, 0.33), (22050, 0.41), (8000, 0.29), (44100, 0.1)]:
         path = write_wav(tmp_path / f"{sr}.wav", seconds=seconds, sample_rate=sr)

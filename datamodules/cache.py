@@ -161,7 +161,9 @@ class FeatureStore:
         start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
         if max_frames is not None:
             stop = min(stop, start + max_frames)
-        return torch.from_numpy(np.ascontiguousarray(self._features[start:stop].T, dtype=np.float32))
+        # Copy the float16 rows out of the map, widen in torch, then transpose: 2x faster than numpy's
+        # transposing cast.
+        return torch.from_numpy(np.array(self._features[start:stop])).float().t().contiguous()
 
 
 class _WavFeatures(Dataset):

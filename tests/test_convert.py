@@ -21,6 +21,7 @@ from lightning_modules.davenet import DAVEnet
 from lightning_modules.nets import DAVEnetAudioNet, ResDAVEnetAudioNet, ResNet50Image, VGG16ConvImage
 from lightning_modules.resdavenet import ResDAVEnet
 from lightning_modules.similarity import similarity_matrix
+from official_layouts import bn_shapes, resdavenet_audio_shapes
 
 EMB = 64  # DAVEnet embedding: the official audio/VGG widths are fixed, only conv5 / image_model.30 shrink
 RES_WIDTHS = [8, 16, 16, 32, 64]  # small ResDAVEnet widths; the official layout allows any
@@ -30,10 +31,6 @@ VGG_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256
 
 
 # ---- official-layout state dicts -------------------------------------------------------------------------------
-def _bn(name: str, ch: int) -> dict:
-    return {f"{name}.weight": (ch,), f"{name}.bias": (ch,), f"{name}.running_mean": (ch,), f"{name}.running_var": (ch,)}
-
-
 def _fill(shapes: dict, seed: int, nbt: bool = False, prefix: str = "") -> dict:
     """Random tensors of the given shapes: convs scaled by 1/sqrt(fan_in) so activations stay O(1), BatchNorm
     statistics positive where they must be; `nbt` adds `num_batches_tracked` to every BatchNorm.
@@ -65,7 +62,7 @@ def _cached_fill(shapes: tuple, seed: int, nbt: bool, prefix: str) -> dict:
 def davenet_audio_sd(embedding_dim: int = EMB, seed: int = 0, nbt: bool = False, prefix: str = "") -> dict:
     """DAVEnet-pytorch `Davenet` (official-keys.md)."""
     shapes = {
-        **_bn("batchnorm1", 1),
+        **bn_shapes("batchnorm1", 1),
         "conv1.weight": (128, 1, 40, 1), "conv1.bias": (128,),
         "conv2.weight": (256, 128, 1, 11), "conv2.bias": (256,),
         "conv3.weight": (512, 256, 1, 17), "conv3.bias": (512,),
@@ -95,18 +92,7 @@ def resdavenet_audio_sd(
     width = layer_widths[k-1] (quant1 sits after conv1, quant<k> after layer<k-1>). The converter sets aside any
     `quant<k>.*` key whatever its name.
     """
-    shapes = {**_bn("batchnorm1", 1), "conv1.weight": (widths[0], 1, 40, 1), **_bn("bn1", widths[0])}
-    for k, depth in enumerate(depths, start=1):
-        cin, cout = widths[k - 1], widths[k]
-        for j in range(depth):
-            b = f"layer{k}.{j}"
-            shapes[f"{b}.conv1.weight"] = (cout, cin if j == 0 else cout, 1, convsize)
-            shapes.update(_bn(f"{b}.bn1", cout))
-            shapes[f"{b}.conv2.weight"] = (cout, cout, 1, convsize)
-            shapes.update(_bn(f"{b}.bn2", cout))
-            if j == 0:
-                shapes[f"{b}.downsample.0.weight"] = (cout, cin, 1, 1)
-                shapes.update(_bn(f"{b}.downsample.1", cout))
+    shapes = resdavenet_audio_shapes(widths, depths, convsize)
     for k, size in (vq or {}).items():
         shapes[f"quant{k}._embedding.weight"] = (size, widths[k - 1])
         shapes[f"quant{k}._ema_cluster_size"] = (size,)
@@ -116,20 +102,20 @@ def resdavenet_audio_sd(
 
 def resnet50_sd(embedding_dim: int, seed: int = 3, nbt: bool = False, prefix: str = "") -> dict:
     """ResDAVEnet-VQ `Resnet50`: torchvision resnet50 keys without `fc`, then the 1x1 conv `embedder`."""
-    shapes = {"conv1.weight": (64, 3, 7, 7), **_bn("bn1", 64)}
+    shapes = {"conv1.weight": (64, 3, 7, 7), **bn_shapes("bn1", 64)}
     cin = 64
     for k, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
         for j in range(blocks):
             b = f"layer{k}.{j}"
             shapes[f"{b}.conv1.weight"] = (planes, cin, 1, 1)
-            shapes.update(_bn(f"{b}.bn1", planes))
+            shapes.update(bn_shapes(f"{b}.bn1", planes))
             shapes[f"{b}.conv2.weight"] = (planes, planes, 3, 3)
-            shapes.update(_bn(f"{b}.bn2", planes))
+            shapes.update(bn_shapes(f"{b}.bn2", planes))
             shapes[f"{b}.conv3.weight"] = (planes * 4, planes, 1, 1)
-            shapes.update(_bn(f"{b}.bn3", planes * 4))
+            shapes.update(bn_shapes(f"{b}.bn3", planes * 4))
             if j == 0:
                 shapes[f"{b}.downsample.0.weight"] = (planes * 4, cin, 1, 1)
-                shapes.update(_bn(f"{b}.downsample.1", planes * 4))
+                shapes.update(bn_shapes(f"{b}.downsample.1", planes * 4))
             cin = planes * 4
     shapes["embedder.weight"] = (embedding_dim, 2048, 1, 1)
     shapes["embedder.bias"] = (embedding_dim,)

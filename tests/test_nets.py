@@ -22,6 +22,7 @@ from lightning_modules.nets import (
     masked_max,
     masked_mean,
 )
+from official_layouts import resdavenet_audio_shapes
 
 
 def n_params(module: nn.Module, trainable_only: bool = False) -> int:
@@ -319,34 +320,16 @@ def test_davenet_audio_keys_equal_official():
     torch.testing.assert_close(net.conv3.weight, official["module.conv3.weight"])
 
 
-def _official_resdavenet_keys(widths, depths=(2, 2, 2, 2), convsize=9):
-    """The ResDAVEnet-VQ ResDavenetVQ layout (VQ off) as listed in the official key table, minus batchnorm1."""
-    bn = lambda p, c: {f"{p}.{s}": (c,) for s in ("weight", "bias", "running_mean", "running_var")}  # noqa: E731
-    keys = {"conv1.weight": (widths[0], 1, 40, 1), **bn("bn1", widths[0])}
-    for s, depth in enumerate(depths, start=1):
-        c_in, c = widths[s - 1], widths[s]
-        for b in range(depth):
-            p = f"layer{s}.{b}"
-            keys[f"{p}.conv1.weight"] = (c, c_in if b == 0 else c, 1, convsize)
-            keys.update(bn(f"{p}.bn1", c))
-            keys[f"{p}.conv2.weight"] = (c, c, 1, convsize)
-            keys.update(bn(f"{p}.bn2", c))
-            if b == 0:
-                keys[f"{p}.downsample.0.weight"] = (c, c_in, 1, 1)
-                keys.update(bn(f"{p}.downsample.1", c))
-    return keys
-
-
 def test_resdavenet_audio_keys_equal_official_minus_batchnorm1():
     released = keys_and_shapes(ResDAVEnetAudioNet.released())
-    expected = _official_resdavenet_keys(RESDAVENET_RELEASED_WIDTHS)
+    expected = resdavenet_audio_shapes(RESDAVENET_RELEASED_WIDTHS, batchnorm1=False)
     assert released == expected
     # 109 listed official entries (131 with num_batches_tracked) minus batchnorm1's 4.
     assert len(released) == 105
     assert released["layer1.0.conv1.weight"] == (256, 128, 1, 9)
     assert released["layer1.0.downsample.0.weight"] == (256, 128, 1, 1)
     assert released["layer4.1.conv2.weight"] == (1024, 1024, 1, 9)
-    assert keys_and_shapes(ResDAVEnetAudioNet()) == _official_resdavenet_keys((128, 128, 256, 512, 1024))
+    assert keys_and_shapes(ResDAVEnetAudioNet()) == resdavenet_audio_shapes((128, 128, 256, 512, 1024), batchnorm1=False)
 
 
 def test_resdavenet_official_initialisation():

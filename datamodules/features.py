@@ -35,7 +35,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from .manifest import BadSampleError
+from .manifest import BadSampleError, require_nonempty_file
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -129,14 +129,7 @@ def load_audio(path: str | os.PathLike) -> tuple[Tensor, int]:
     file and the reason.
     """
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise BadSampleError.for_file("wav", path, "file not found") from None
-    except OSError as err:
-        raise BadSampleError.for_file("wav", path, f"cannot read: {err.strerror or err}") from None
-    if size == 0:
-        raise BadSampleError.for_file("wav", path, "empty file (0 bytes)")
+    require_nonempty_file("wav", path)
     try:
         with sf.SoundFile(path) as f:
             sample_rate, pcm16 = f.samplerate, f.subtype == "PCM_16"
@@ -162,10 +155,7 @@ def wav_num_frames(path: str | os.PathLike) -> int:
 
     BadSampleError if the file is missing, empty or its header is unreadable."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise BadSampleError.for_file("wav", path, "file not found")
-    if os.path.getsize(path) == 0:
-        raise BadSampleError.for_file("wav", path, "empty file (0 bytes)")
+    require_nonempty_file("wav", path)
     try:
         info = sf.info(path)
     except Exception as err:

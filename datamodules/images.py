@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from .manifest import BadSampleError
+from .manifest import BadSampleError, require_nonempty_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -133,14 +133,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image as RGB. Missing, empty, truncated or undecodable files raise BadSampleError."""
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise BadSampleError.for_file("image", path, "file not found") from None
-    except OSError as err:
-        raise BadSampleError.for_file("image", path, f"cannot read: {err.strerror or err}") from None
-    if size == 0:
-        raise BadSampleError.for_file("image", path, "empty file (0 bytes)")
+    require_nonempty_file("image", path)
     # Truncated files fail here (unless the user set PIL's ImageFile.LOAD_TRUNCATED_IMAGES) instead of half grey.
     try:
         with warnings.catch_warnings():

@@ -52,6 +52,18 @@ class BadSampleError(ValueError):
         return cls(f"bad {kind} {os.fspath(path)}: {reason}", path=os.fspath(path), reason=reason)
 
 
+def require_nonempty_file(kind: str, path: str) -> None:
+    """BadSampleError naming the file when it is missing, unreadable or empty: the checks before any decoding."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise BadSampleError.for_file(kind, path, "file not found") from None
+    except OSError as err:
+        raise BadSampleError.for_file(kind, path, f"cannot read: {err.strerror or err}") from None
+    if size == 0:
+        raise BadSampleError.for_file(kind, path, "empty file (0 bytes)")
+
+
 def _bytes_array(strings: list[str]) -> np.ndarray:
     # One numpy byte-string array instead of a list of Python str: DataLoader workers forked from the main
     # process would otherwise copy every page the list touches (refcount writes), 400k items per worker.

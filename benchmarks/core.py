@@ -65,23 +65,25 @@ def similarity_row(cfg: Config, kind: str, N: int = 100, T: int = 128) -> dict:
     )
 
 
+def _forward_backward(image, audio, loss_fn):
+    """(loss, d image, d audio) of a loss on fresh leaf copies of the inputs: what both sides of a loss row give."""
+    img, aud = image.detach().requires_grad_(), audio.detach().requires_grad_()
+    loss = loss_fn(img, aud)
+    loss.backward()
+    return loss.detach(), img.grad, aud.grad
+
+
 # ---- DAVEnet sampled margin rank loss -----------------------------------------------------------------------
 def davenet_loss_row(cfg: Config, B: int = 128, T: int = 128, seed: int = 3) -> dict:
     image, audio, nframes = frame_maps(B, (14, 14), T, cfg.device, seed=1)
     image_imp, audio_imp = baselines.davenet_impostors(B, seed)
 
-    def run(loss_fn):
-        img, aud = image.detach().requires_grad_(), audio.detach().requires_grad_()
-        loss = loss_fn(img, aud)
-        loss.backward()
-        return loss.detach(), img.grad, aud.grad
-
     def ours():
-        return run(lambda img, aud: sampled_margin_rank_loss(
+        return _forward_backward(image, audio, lambda img, aud: sampled_margin_rank_loss(
             img, aud, nframes, "MISA", generator=torch.Generator().manual_seed(seed)))
 
     def baseline():
-        return run(lambda img, aud: baselines.davenet_sampled_margin_loss(
+        return _forward_backward(image, audio, lambda img, aud: baselines.davenet_sampled_margin_loss(
             img, aud, nframes, image_imp, audio_imp, "MISA"))
 
     return compare(
@@ -101,18 +103,13 @@ def resdavenet_loss_row(cfg: Config, B: int = 64, T: int = 128, seed: int = 5) -
     draws_rows, draws_cols = baselines.resdavenet_impostors(B, seed, cfg.device)
     loss_module = ResDAVEnetTripletLoss(margin=1.0, semihard_mask="official")
 
-    def run(loss_fn):
-        img, aud = image.detach().requires_grad_(), audio.detach().requires_grad_()
-        loss = loss_fn(img, aud)
-        loss.backward()
-        return loss.detach(), img.grad, aud.grad
-
     def ours():
         torch.manual_seed(seed)  # the module draws its impostors from the global generator
-        return run(lambda img, aud: loss_module(img, aud, nframes, "SISA"))
+        return _forward_backward(image, audio, lambda img, aud: loss_module(img, aud, nframes, "SISA"))
 
     def baseline():
-        return run(lambda img, aud: baselines.resdavenet_loss(img, aud, nframes, draws_rows, draws_cols))
+        return _forward_backward(image, audio, lambda img, aud: baselines.resdavenet_loss(
+            img, aud, nframes, draws_rows, draws_cols))
 
     return compare(
         "loss_resdavenet", cfg, ours, baseline,

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.losses import ResDAVEnetTripletLoss, sampled_margin_rank_loss
-from lightning_modules.retrieval import retrieval_metrics
-from lightning_modules.similarity import similarity_matrix
+from lightning_modules.core.losses import ResDAVEnetTripletLoss, sampled_margin_rank_loss
+from lightning_modules.core.retrieval_metrics import retrieval_metrics
+from lightning_modules.core.similarity import similarity_matrix
 
 from . import baselines
 from .harness import Config, check, compare

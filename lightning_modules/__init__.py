@@ -1,12 +1,14 @@
 """VGS-Lightning models.
 
 - ``nets``: the papers' audio and image nets as plain ``nn.Module``s.
-- ``similarity``, ``losses``, ``retrieval``: matchmap similarities, ranking losses, exact recall@k.
+- ``core``: plain torch: similarities, losses, exact recall@k, grounding and localisation.
+- ``metrics``: the DDP-exact torchmetrics Metrics (recall@k, place accuracy).
 - LightningModules: ``NIPS2016``, ``ACL2017``, ``DAVEnet``, ``ResDAVEnet`` (over ``RetrievalModule``) and
   ``PlaceClassifier`` (the warm-up), all subclasses of ``VGSModule``.
+- ``checkpoints`` (reading checkpoints for tools), ``convert`` (official checkpoints), ``analysis`` (commands).
 
-The LightningModules are imported lazily, so that ``lightning_modules.nets``, ``similarity``, ``losses`` and
-``retrieval_metrics`` can be lifted into other code without importing Lightning.
+The LightningModules are imported lazily, so that ``lightning_modules.nets`` and ``lightning_modules.core`` can be
+lifted into other code without importing Lightning.
 """
 
 import importlib

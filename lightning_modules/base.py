@@ -17,10 +17,11 @@ from pytorch_lightning.callbacks import Timer
 import torch
 from torch import nn
 
-from .losses import SampledMarginRankLoss
+from .checkpoints import load_audio_encoder
+from .core.losses import SampledMarginRankLoss
 from .optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler
-from .retrieval import RetrievalRecallMetric
-from .similarity import SIMILARITY_KINDS
+from .metrics import RetrievalRecallMetric
+from .core.similarity import SIMILARITY_KINDS
 
 
 # The loss is an nn.Module init arg on purpose (configs pick it by class_path); under LightningCLI its
@@ -30,46 +31,6 @@ warnings.filterwarnings("ignore", message=r"Attribute 'loss' is an instance of `
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or infinite; no optimiser step is taken with it."""
-
-
-def load_audio_encoder(audio_net: nn.Module, ckpt_path: str) -> None:
-    """Load the audio-net weights of a checkpoint (strict) into ``audio_net``.
-
-    Accepts a Lightning checkpoint of any VGS-Lightning module (keys ``audio_net.*`` or, from the place-classifier
-    warm-up, ``model.audio_net.*`` under ``state_dict``) or a bare state dict of the audio net itself.
-    """
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"audio_encoder_ckpt: no such file: {ckpt_path}") from None
-    except Exception as err:  # corrupt or not a torch file
-        raise ValueError(f"audio_encoder_ckpt: cannot read {ckpt_path}: {err}") from err
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"audio_encoder_ckpt: {ckpt_path} holds no state dict")
-    # The audio net sits at "audio_net." in the retrieval modules and at "model.audio_net." in the classifier.
-    prefixes = {k[: k.index("audio_net.") + len("audio_net.")] for k in state if "audio_net." in k}
-    if len(prefixes) > 1:
-        raise ValueError(f"audio_encoder_ckpt {ckpt_path}: several audio nets in one checkpoint: {sorted(prefixes)}")
-    if prefixes:
-        prefix = prefixes.pop()
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    own = audio_net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or mismatched:
-        lines = [f"audio_encoder_ckpt {ckpt_path} does not fit this model's audio net ({type(audio_net).__name__}):"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if keys:
-                shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
-                lines.append(f"  {title}: {shown}")
-        raise ValueError("\n".join(lines))
-    audio_net.load_state_dict(state, strict=True)
 
 
 class VGSModule(pl.LightningModule):

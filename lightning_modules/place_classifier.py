@@ -16,10 +16,8 @@ from typing import Any, Literal, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
-
 from .base import VGSModule
+from .metrics import PlaceAccuracyMetric
 from .nets import ACL2017AudioNet, AudioPlaceClassifier, DAVEnetAudioNet, NIPS2016AudioNet, ResDAVEnetAudioNet
 from .optim import OptimizerName, ScheduleName
 
@@ -46,44 +44,6 @@ def build_audio_net(
     if name == "nips2016":
         return NIPS2016AudioNet(embedding_dim, "max", width_mult, conv_batchnorm)
     raise ValueError(f"unknown audio net {name!r}; choose davenet, resdavenet, acl2017 or nips2016")
-
-
-class PlaceAccuracyMetric(Metric):
-    """Top-k accuracy and the confusion matrix, exact under DDP.
-
-    Keeps each prediction with its dataset index (``cat`` states) and drops the duplicates that
-    DistributedSampler adds to even out the ranks, which a plain accuracy metric would count twice.
-    """
-
-    full_state_update = False
-
-    def __init__(self, n_places: int, ks: Sequence[int] = (1, 5)):
-        super().__init__()
-        self.n_places, self.ks = n_places, tuple(ks)
-        self.add_state("topk", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
-        self.add_state("index", default=[], dist_reduce_fx="cat")
-
-    def update(self, logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> None:
-        k = min(max(self.ks), logits.shape[1])
-        self.topk.append(logits.detach().topk(k, dim=1).indices)
-        self.target.append(target.detach())
-        self.index.append(index.detach())
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        topk, target, index = (dim_zero_cat(x) for x in (self.topk, self.target, self.index))
-        # keep the first copy of every dataset index
-        order = torch.argsort(index, stable=True)
-        index, topk, target = index[order], topk[order], target[order]
-        first = torch.ones_like(index, dtype=torch.bool)
-        first[1:] = index[1:] != index[:-1]
-        topk, target = topk[first], target[first]
-        out = {f"acc_top{k}": (topk[:, :k] == target[:, None]).any(dim=1).float().mean() for k in self.ks}
-        confusion = torch.zeros(self.n_places, self.n_places, dtype=torch.long, device=target.device)
-        confusion.index_put_((target, topk[:, 0]), torch.ones_like(target), accumulate=True)
-        out["confusion"] = confusion
-        out["count"] = torch.tensor(int(target.numel()))
-        return out
 
 
 class PlaceClassifier(VGSModule):

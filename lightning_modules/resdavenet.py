@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, Union
 from torch import nn
 
 from .base import RetrievalModule
-from .losses import ResDAVEnetTripletLoss
+from .core.losses import ResDAVEnetTripletLoss
 from .nets import ResDAVEnetAudioNet, ResNet50Image
 from .optim import OptimizerName, ScheduleName
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 
-from .similarity import similarity_matrix
+from .core.similarity import similarity_matrix
 
 
 def _gather_predictions(predictions: list[dict]) -> list[dict]:

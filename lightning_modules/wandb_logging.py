@@ -18,7 +18,7 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from .grounding import blend_heatmap, caption_heatmap, hot_colors
+from .core.grounding import blend_heatmap, caption_heatmap, hot_colors
 
 
 def _wandb_logger(trainer: Trainer) -> WandbLogger | None:

@@ -34,7 +34,7 @@ from datamodules import load_manifest  # noqa: E402
 from datamodules.cache import FeatureCacheError, FeatureStore, build_cache  # noqa: E402
 from datamodules.manifest import place_label  # noqa: E402
 from datamodules.spokenscenes import generate  # noqa: E402
-from lightning_modules.csvlog import validation_curve  # noqa: E402
+from scripts.csvlog import validation_curve  # noqa: E402
 
 
 def _env_int(name: str, default: int) -> int:

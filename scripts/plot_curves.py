@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lightning_modules.csvlog import validation_curve  # noqa: E402
+from scripts.csvlog import validation_curve  # noqa: E402
 
 
 def read_curve(metrics_csv: Path, metric: str) -> list[tuple[float, float]]:

@@ -13,9 +13,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
 from benchmarks import baselines, harness, training  # noqa: E402
 from benchmarks.__main__ import main, selected_rows  # noqa: E402
-from lightning_modules.losses import ResDAVEnetTripletLoss, sampled_margin_rank_loss  # noqa: E402
-from lightning_modules.retrieval import retrieval_metrics  # noqa: E402
-from lightning_modules.similarity import paired_similarity, similarity_matrix  # noqa: E402
+from lightning_modules.core.losses import ResDAVEnetTripletLoss, sampled_margin_rank_loss  # noqa: E402
+from lightning_modules.core.retrieval_metrics import retrieval_metrics  # noqa: E402
+from lightning_modules.core.similarity import paired_similarity, similarity_matrix  # noqa: E402
 
 KINDS = ("SISA", "MISA", "SIMA")
 

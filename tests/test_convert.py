@@ -20,7 +20,7 @@ from lightning_modules.convert import ConversionError, convert, load_official, m
 from lightning_modules.davenet import DAVEnet
 from lightning_modules.nets import DAVEnetAudioNet, ResDAVEnetAudioNet, ResNet50Image, VGG16ConvImage
 from lightning_modules.resdavenet import ResDAVEnet
-from lightning_modules.similarity import similarity_matrix
+from lightning_modules.core.similarity import similarity_matrix
 from official_layouts import bn_shapes, resdavenet_audio_shapes
 
 EMB = 64  # DAVEnet embedding: the official audio/VGG widths are fixed, only conv5 / image_model.30 shrink

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.csvlog import validation_curve
+from scripts.csvlog import validation_curve
 
 REPO = Path(__file__).parent.parent
 

@@ -12,8 +12,8 @@ from pytorch_lightning.callbacks import Callback
 from datamodules import PlacesAudioDataModule
 from lightning_modules import ACL2017, DAVEnet, NIPS2016, PlaceClassifier, ResDAVEnet
 from lightning_modules.base import NonFiniteLossError, load_audio_encoder
-from lightning_modules.losses import InfoNCELoss
-from lightning_modules.similarity import similarity_matrix
+from lightning_modules.core.losses import InfoNCELoss
+from lightning_modules.core.similarity import similarity_matrix
 
 # Tiny versions of every paper model; the real sizes are checked in test_nets.py.
 TINY = {
@@ -121,7 +121,7 @@ def test_paper_loss_trains_davenet(tiny_data, tmp_path):
 
 def test_validation_recall_equals_direct_computation(tiny_data, tmp_path):
     """The logged recall is retrieval_metrics over the whole split, not an average of per-batch recalls."""
-    from lightning_modules.retrieval import retrieval_metrics
+    from lightning_modules.core.retrieval_metrics import retrieval_metrics
 
     pl.seed_everything(0)
     model = TINY["DAVEnet"]()
@@ -237,7 +237,7 @@ def test_place_classifier_trains_and_reports_deduplicated_accuracy(tiny_data, tm
 
 
 def test_place_accuracy_metric_drops_sampler_duplicates():
-    from lightning_modules.place_classifier import PlaceAccuracyMetric
+    from lightning_modules.metrics import PlaceAccuracyMetric
 
     metric = PlaceAccuracyMetric(n_places=3, ks=(1,))
     logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])

@@ -3,7 +3,6 @@ answer is known, and the metric and its command line on a real tiny SpokenScenes
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 from pathlib import Path
@@ -15,19 +14,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from lightning_modules.grounding import seconds_to_output_frames, word_frame_spans, word_heatmap
-from lightning_modules.localization import (
-    load_retrieval_checkpoint,
+from lightning_modules.core.grounding import seconds_to_output_frames, word_frame_spans, word_heatmap
+from lightning_modules.analysis.__main__ import main as analysis_main
+from lightning_modules.analysis.localization import read_manifest_entries
+from lightning_modules.checkpoints import load_retrieval_checkpoint
+from lightning_modules.core.localization import (
     localization_accuracy,
-    main,
     naming_span,
     peak_in_mask,
-    read_manifest_entries,
     spoken_objects,
     word_heatmaps,
 )
+from lightning_modules.core.similarity import matchmap
 from lightning_modules.nets import DAVEnetAudioNet, ResDAVEnetAudioNet
-from lightning_modules.similarity import matchmap
 
 
 # ---- word and frame spans -------------------------------------------------------------------------------------
@@ -241,18 +240,6 @@ def test_model_mode_is_restored():
     assert not model.training
 
 
-def test_metric_imports_datamodules_only_in_its_command_line():
-    import lightning_modules.localization as loc
-
-    tree = ast.parse(Path(loc.__file__).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-            if any(n.startswith("datamodules") for n in names):
-                owner = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and node in ast.walk(f)]
-                assert [f.name for f in owner] == ["main"], f"datamodules imported outside main() at line {node.lineno}"
-
-
 # ---- a real tiny SpokenScenes sample ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def spokenscenes(tmp_path_factory):
@@ -306,7 +293,7 @@ def test_command_line_loads_a_cli_checkpoint_and_prints_the_metric(spokenscenes,
     ckpt = tmp_path / "tiny.ckpt"
     # what LightningCLI writes: the class path, the loss as its config, and a linked n_places that DAVEnet does not take
     hparams = {**model.hparams, "_class_path": "lightning_modules.DAVEnet", "n_places": 5,
-               "loss": {"class_path": "lightning_modules.losses.SampledMarginRankLoss", "init_args": {"margin": 1.0}},
+               "loss": {"class_path": "lightning_modules.core.losses.SampledMarginRankLoss", "init_args": {"margin": 1.0}},
                "_instantiator": "pytorch_lightning.cli.instantiate_module"}
     torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": pl.__version__,
                 "hyper_parameters": hparams, "datamodule_hyper_parameters": {"image_size": 64}}, ckpt)
@@ -316,7 +303,7 @@ def test_command_line_loads_a_cli_checkpoint_and_prints_the_metric(spokenscenes,
 
     out_json = tmp_path / "loc.json"
     with pytest.warns(UserWarning, match="n_places"):
-        results = main(["--ckpt", str(ckpt), "--manifest", str(spokenscenes), "--word", "shape", "name",
+        results = analysis_main(["localization", "--ckpt", str(ckpt), "--manifest", str(spokenscenes), "--word", "shape", "name",
                         "--batch-size", "4", "--limit", "8", "--json", str(out_json)])
     printed = capsys.readouterr().out
     assert "(8 pairs, images resized to 64 px)" in printed and "word=name" in printed and "chance" in printed

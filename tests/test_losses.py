@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules import losses
-from lightning_modules.losses import (
+from lightning_modules.core import losses
+from lightning_modules.core.losses import (
     AllNegativesTripletLoss,
     InfoNCELoss,
     ResDAVEnetTripletLoss,
@@ -18,7 +18,7 @@ from lightning_modules.losses import (
     triplet_sampled,
     triplet_semihard,
 )
-from lightning_modules.similarity import similarity_matrix
+from lightning_modules.core.similarity import similarity_matrix
 
 
 def frame_inputs(B=5, D=6, R=4, T=8, seed=0, requires_grad=False):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lightning_modules import similarity
-from lightning_modules.similarity import matchmap, paired_similarity, similarity_matrix
+from lightning_modules.core import similarity
+from lightning_modules.core.similarity import matchmap, paired_similarity, similarity_matrix
 
 KINDS = ("SISA", "MISA", "SIMA")
 

@@ -14,14 +14,15 @@ Two baselines come with the accuracy:
 - centre: the hit rate of always pointing at the image centre (objects are not placed uniformly).
 
     localization_accuracy(model, batches, entries, mask_root, word="shape") -> {"accuracy", "chance", ...}
-    python -m lightning_modules.localization --ckpt best.ckpt --manifest data/spokenscenes/test.json
+    python -m lightning_modules.analysis localization --ckpt best.ckpt --manifest data/spokenscenes/test.json
 
 The model is any retrieval module with a frame-level audio net: ``model(image, audio, nframes)`` returns
 ``(image_out [B, D, H, W], audio_out [B, D, T], out_nframes [B])`` and ``model.audio_net.output_frames`` maps
 input frames to output frames. Images must show the whole picture (image transform "resize"), so that region
 maps and masks share coordinates; a centre crop would shift one against the other.
 
-Only the command line (``main``) reads data with ``datamodules``; the metric takes batches and manifest entries.
+Plain torch: the metric takes batches and manifest entries; the command (``lightning_modules.analysis``) reads
+the data and the checkpoint.
 
 References: Harwath et al., "Jointly Discovering Visual Objects and Spoken Words from Raw Sensory Input",
 ECCV 2018 (matchmaps, speech-prompted localisation); Zhang et al., "Top-down Neural Attention by Excitation
@@ -30,10 +31,7 @@ Backprop", ECCV 2016 (the pointing game).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -311,128 +309,3 @@ def localization_accuracy(
             "text": [objects["text"][i] for i in row.tolist()],
         }
     return result
-
-
-# ---- reading manifests and checkpoints -------------------------------------------------------------------
-def read_manifest_entries(path: str | os.PathLike) -> tuple[list[dict], str | None]:
-    """The items of a manifest JSON and its mask folder (``mask_base_path`` joined to the manifest's folder)."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"localization.py: cannot read manifest {path}: {err}") from err
-    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
-        raise ValueError(f"localization.py: manifest {path} has no 'data' list")
-    base = raw.get("mask_base_path")
-    mask_root = None if base is None else os.path.join(os.path.dirname(os.path.abspath(path)), base)
-    return raw["data"], mask_root
-
-
-def load_retrieval_checkpoint(path: str | os.PathLike, model_class: type | None = None,
-                              map_location: str | torch.device = "cpu") -> nn.Module:
-    """A VGS-Lightning module from a Lightning checkpoint, in eval mode.
-
-    The class is ``model_class`` or, for checkpoints written under LightningCLI, the ``_class_path`` in their
-    hyperparameters. Hyperparameters the class does not take are dropped with a warning (checkpoints written
-    while ``cli.py`` linked ``data.n_places`` into every model carry an ``n_places`` that retrieval modules
-    reject, so that ``load_from_checkpoint`` alone fails on them).
-    """
-    import importlib
-    import inspect
-    import io
-    import warnings
-
-    from .base import VGSModule
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"localization.py: no checkpoint file {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if model_class is None:
-        class_path = hparams.get("_class_path")
-        if not class_path:
-            raise ValueError(f"localization.py: checkpoint {path} names no model class (_class_path); pass "
-                             "model_class (e.g. lightning_modules.DAVEnet)")
-        module_name, _, name = class_path.rpartition(".")
-        model_class = getattr(importlib.import_module(module_name), name)
-    accepted = set()
-    for cls in model_class.__mro__:
-        if isinstance(cls, type) and issubclass(cls, VGSModule) and "__init__" in vars(cls):
-            accepted |= set(inspect.signature(cls.__init__).parameters)
-    extra = sorted(k for k in hparams if not k.startswith("_") and k not in accepted)
-    if not extra:
-        model = model_class.load_from_checkpoint(path, map_location=map_location)
-    else:
-        warnings.warn(f"{path}: ignoring hyperparameters that {model_class.__name__} does not take: {extra}",
-                      stacklevel=2)
-        ckpt["hyper_parameters"] = {k: v for k, v in hparams.items() if k not in extra}
-        buffer = io.BytesIO()
-        torch.save(ckpt, buffer)
-        buffer.seek(0)
-        model = model_class.load_from_checkpoint(buffer, map_location=map_location)
-    return model.eval()
-
-
-# ---- command line ---------------------------------------------------------------------------------------------
-def format_result(result: dict[str, Any]) -> str:
-    """A few readable lines: the accuracy with its baselines, then the breakdowns."""
-    lines = [f"word={result['word']} reduce={result['reduce']}: {result['n_words']} spoken objects in "
-             f"{result['n_pairs']} pairs" + (f" ({result['n_skipped']} skipped)" if result["n_skipped"] else ""),
-             f"  accuracy {result['accuracy']:.3f}   chance {result['chance']:.3f}   centre {result['centre']:.3f}"]
-    for title in ("by_shape", "by_size"):
-        lines.append(f"  {title.replace('_', ' ')}:")
-        for label, r in result[title].items():
-            lines.append(f"    {label:<10} {r['accuracy']:.3f}  (chance {r['chance']:.3f}, centre {r['centre']:.3f}, "
-                         f"n={r['n']})")
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
-    """``python -m lightning_modules.localization --ckpt C --manifest M``: print (and optionally save) the metric."""
-    parser = argparse.ArgumentParser(prog="python -m lightning_modules.localization",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of a frame-level retrieval model")
-    parser.add_argument("--manifest", required=True, help="SpokenScenes manifest (e.g. data/spokenscenes/test.json)")
-    parser.add_argument("--word", nargs="+", choices=WORDS, default=["shape"], help="words localised per object")
-    parser.add_argument("--reduce", choices=REDUCTIONS, default="mean", help="matchmap reduction over a word's frames")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="image side fed to the model (default: the checkpoint's data.image_size, else 224)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N pairs of the manifest")
-    parser.add_argument("--json", default=None, help="also write the results (without records) to this file")
-    args = parser.parse_args(argv)
-
-    # The wall: datamodules meets lightning_modules only here, in the command line.
-    from torch.utils.data import DataLoader, Subset
-
-    from datamodules import PlacesAudioDataset
-    from datamodules.places_audio import PlacesAudioCollate
-
-    model = load_retrieval_checkpoint(args.ckpt)
-    image_size = args.image_size
-    if image_size is None:
-        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=False)
-        image_size = int((ckpt.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
-    entries, mask_root = read_manifest_entries(args.manifest)
-    dataset = PlacesAudioDataset(args.manifest, target_length=None, image_transform="resize", image_size=image_size)
-    if args.limit is not None:
-        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
-                        collate_fn=PlacesAudioCollate())
-    print(f"speech-prompted localisation: {type(model).__name__} from {args.ckpt} on {args.manifest} "
-          f"({len(dataset)} pairs, images resized to {image_size} px)")
-    results = {}
-    for word in args.word:
-        results[word] = localization_accuracy(model, loader, entries, mask_root, word=word, reduce=args.reduce)
-        print(format_result(results[word]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return results
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,0 +1,155 @@
+"""Exact cross-modal retrieval metrics: ``retrieval_metrics``, a pure function over the full similarity matrix
+(the DDP-exact torchmetrics ``Metric`` over it is ``lightning_modules.metrics.RetrievalRecallMetric``).
+
+Conventions (as the official ``calc_recalls``): S is [N, N] with rows = images and columns = captions, and
+the partner of row i is column i.
+
+| key            | query   | ranks    | official name |
+|----------------|---------|----------|---------------|
+| ``a2i_R@k``    | caption | images   | ``I_r@k``     |
+| ``i2a_R@k``    | image   | captions | ``A_r@k``     |
+| ``mean_R@k``   | mean of the two directions; checkpoint selection uses ``mean_R@10`` |
+| ``*_mean_rank``, ``*_median_rank`` | 1-based rank of the partner |
+
+Ties are broken by candidate index, as a stable descending sort would order them:
+
+    rank = 1 + #(candidates scoring strictly higher) + #(candidates scoring equal with a lower index).
+
+The median of an even number of ranks is the lower of the two middle ranks (``torch.median``'s convention).
+
+References: Harwath et al., ECCV 2018 (official ``steps/util.py::calc_recalls``); the chunked ranking follows
+open_clip's evaluation idea (chunked over queries, ties by index).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+# Default bound on the [queries, candidates] temporaries of one ranking chunk.
+_RANK_CHUNK_ELEMENTS = 2**24
+
+
+def _partner_ranks(scores: Tensor, partner: Tensor, finite: bool = False) -> Tensor:
+    """1-based rank of candidate partner[q] in each row q of scores [Q, C], ties broken by candidate index.
+
+    With ``finite`` (the caller checked: floating point, no inf or NaN, C < 2**24) the counts come from one
+    float pass, sign(scores - positive), summed twice: float comparisons that write booleans are several
+    times slower on CPU. sign(a - b) is sign-exact for finite IEEE floats (a - b == 0 only when a == b,
+    thanks to gradual underflow), and integer sums of +-1 are exact in float32 below 2**24. Rows whose
+    positive is tied with another candidate (rare for real scores) then get the index tie-break exactly.
+    """
+    positive = scores.gather(1, partner[:, None])
+    candidate = torch.arange(scores.size(1), device=scores.device)
+    if not finite:
+        ahead = (scores > positive) | ((scores == positive) & (candidate[None, :] < partner[:, None]))
+        return 1 + ahead.sum(1)
+    sign = (scores - positive).sign_()
+    net = sign.sum(1)  # #higher - #lower
+    unequal = sign.abs_().sum(1)  # #higher + #lower
+    ahead = ((net + unequal) / 2).long()
+    tied = torch.nonzero(unequal < scores.size(1) - 1).view(-1)  # more ties than the positive itself
+    if tied.numel():
+        before = (scores[tied] == positive[tied]) & (candidate[None, :] < partner[tied, None])
+        ahead[tied] += before.sum(1)
+    return 1 + ahead
+
+
+def _best_partner(scores: Tensor, is_partner: Tensor) -> Tensor:
+    """Index of the first partner in a stable descending sort of each row: the highest-scoring partner,
+    the lowest index among equal scores."""
+    best = scores.masked_fill(~is_partner, float("-inf")).max(1, keepdim=True).values
+    candidate = torch.arange(scores.size(1), device=scores.device).expand_as(scores)
+    first = torch.where(is_partner & (scores == best), candidate, scores.size(1))
+    return first.min(1).values
+
+
+def _summary(ranks: Tensor, ks: Sequence[int], prefix: str) -> dict[str, float]:
+    out = {f"{prefix}_R@{k}": (ranks <= k).double().mean().item() for k in ks}
+    out[f"{prefix}_mean_rank"] = ranks.double().mean().item()
+    out[f"{prefix}_median_rank"] = float(ranks.median().item())
+    return out
+
+
+def retrieval_metrics(
+    S: Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    image_ids: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> dict[str, float]:
+    """Recall@k and mean/median rank in both directions from S [N, N] (rows = images, columns = captions).
+
+    Args:
+        S: scores; the partner of row i is column i. NaN is rejected.
+        ks: the k of recall@k.
+        image_ids: optional [N] group ids for sets with several captions per image (Flickr8k, SpokenCOCO):
+            rows with the same id are copies of one image, and the first such row stands for it.
+            - a2i: each of the N captions ranks the unique images; the positive is its own image.
+            - i2a: each unique image ranks all N captions; its rank is that of its best-ranked own caption,
+              with only other images' captions counted ahead of it (so R@k = "any own caption in the top k").
+            i2a values are then averaged over unique images, a2i values over captions.
+        chunk_size: queries ranked at once (memory ~ chunk_size x N booleans); None picks it so that a chunk
+            holds about 2**24 scores. The result does not depend on it.
+
+    Returns:
+        dict with ``a2i_R@k``, ``i2a_R@k``, ``mean_R@k`` for each k, and ``a2i_mean_rank``,
+        ``a2i_median_rank``, ``i2a_mean_rank``, ``i2a_median_rank`` (ranks are 1-based), as Python floats.
+    """
+    if S.dim() != 2 or S.size(0) != S.size(1) or S.size(0) == 0:
+        raise ValueError(f"retrieval.py: S must be a non-empty square [N, N] matrix, got {tuple(S.shape)}")
+    # One min/max pass both rejects NaN (it propagates) and tells whether the fast finite count applies.
+    low, high = (float(v) for v in torch.aminmax(S if S.is_floating_point() else S.double()))
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError("retrieval.py: S contains NaN; the model's outputs are not finite")
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"retrieval.py: ks must be positive integers, got {ks}")
+    N = S.size(0)
+    if chunk_size is None:
+        chunk_size = max(1, _RANK_CHUNK_ELEMENTS // N)
+    if chunk_size < 1:
+        raise ValueError(f"retrieval.py: chunk_size must be >= 1, got {chunk_size}")
+    finite = S.is_floating_point() and math.isfinite(low) and math.isfinite(high) and N < 2**24
+    if finite and S.dtype in (torch.float16, torch.bfloat16):
+        S = S.float()  # exact, and the +-1 counts need float32
+
+    if image_ids is None:
+        image_rows = torch.arange(N, device=S.device)  # every row is its own image
+        caption_image = image_rows  # caption j's image, as a position in image_rows
+    else:
+        image_ids = torch.as_tensor(image_ids, device=S.device).reshape(-1)
+        if image_ids.numel() != N:
+            raise ValueError(f"retrieval.py: image_ids must have N={N} entries, got {image_ids.numel()}")
+        unique_ids, caption_image = torch.unique(image_ids, return_inverse=True)  # unique_ids ascending
+        first_row = torch.full((unique_ids.numel(),), N, dtype=torch.long, device=S.device)
+        first_row.scatter_reduce_(0, caption_image, torch.arange(N, device=S.device), reduce="amin")
+        # Order the unique images by their first row, so ties among images break by row index.
+        by_row = torch.argsort(first_row)
+        image_rows = first_row[by_row]
+        caption_image = torch.argsort(by_row)[caption_image]
+
+    # Caption queries rank the unique images (columns of S restricted to image_rows).
+    gallery = S if image_ids is None else S[image_rows]
+    a2i = torch.cat([
+        _partner_ranks(gallery[:, q0 : q0 + chunk_size].t(), caption_image[q0 : q0 + chunk_size], finite)
+        for q0 in range(0, N, chunk_size)
+    ])
+    # Image queries rank all captions; the partner is the best-ranked own caption.
+    i2a = []
+    for q0 in range(0, image_rows.numel(), chunk_size):
+        rows = image_rows[q0 : q0 + chunk_size]
+        scores = S[rows]
+        if image_ids is None:
+            partner = rows
+        else:
+            partner = _best_partner(scores, image_ids[None, :] == image_ids[rows][:, None])
+        i2a.append(_partner_ranks(scores, partner, finite))
+    i2a = torch.cat(i2a)
+
+    out = {**_summary(a2i, ks, "a2i"), **_summary(i2a, ks, "i2a")}
+    for k in ks:
+        out[f"mean_R@{k}"] = 0.5 * (out[f"a2i_R@{k}"] + out[f"i2a_R@{k}"])
+    return out

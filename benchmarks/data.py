@@ -108,7 +108,7 @@ def loading_rows(cfg: Config, n: int | None = None) -> list[dict]:
         for name, ours, target, dB in (("load_onthefly", on_the_fly, 3.0, 0.01),
                                        ("load_cached", cached, 30.0, 0.06)):
             row = compare(
-                name, cfg, ours, librosa_path, equality=lambda: equality(ours, dB), target=target,
+                name, cfg, ours, librosa_path, equality=lambda ours=ours, dB=dB: equality(ours, dB), target=target,
                 shapes=f"{n} captions of 10 s, 16 kHz PCM_16 -> [40, {TARGET_LENGTH}], 1 thread",
                 baseline_repeats=cfg.slow_repeats,
                 notes="baseline: librosa path of the official loader",

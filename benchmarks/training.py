@@ -178,5 +178,5 @@ def training_row(cfg: Config, name: str, variant: str = "fp32", batch: int | Non
     row["notes"] = (f"{row['achieved_tflops']:.3g} TFLOP/s"
                     + ("" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}% of {peak:g}"))
     synchronize(cfg.device)
-    del module, optimizer
+    module = optimizer = None  # free this model before the next is built
     return row

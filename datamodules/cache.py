@@ -87,7 +87,7 @@ class FeatureStore:
         self._features: np.memmap | None = None
 
     @classmethod
-    def open(cls, cache_dir: str | os.PathLike, manifest: Manifest, check_wavs: bool = True) -> "FeatureStore":
+    def open(cls, cache_dir: str | os.PathLike, manifest: Manifest, check_wavs: bool = True) -> FeatureStore:
         """Open the store of `manifest` in `cache_dir`, checking its fingerprint (FeatureCacheError if stale)."""
         cache_dir = os.fspath(cache_dir)
         folder = store_dir(cache_dir, manifest.path)

@@ -47,7 +47,7 @@ class BadSampleError(ValueError):
         self.reason = reason
 
     @classmethod
-    def for_file(cls, kind: str, path: str | os.PathLike, reason: str) -> "BadSampleError":
+    def for_file(cls, kind: str, path: str | os.PathLike, reason: str) -> BadSampleError:
         """`BadSampleError.for_file("wav", "a/b.wav", "file not found")` -> "bad wav a/b.wav: file not found"."""
         return cls(f"bad {kind} {os.fspath(path)}: {reason}", path=os.fspath(path), reason=reason)
 

@@ -10,19 +10,19 @@ once.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Timer
 import torch
+from pytorch_lightning.callbacks import Timer
 from torch import nn
 
 from .checkpoints import load_audio_encoder
 from .core.losses import SampledMarginRankLoss
-from .optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler
-from .metrics import RetrievalRecallMetric
 from .core.similarity import SIMILARITY_KINDS
-
+from .metrics import RetrievalRecallMetric
+from .optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler
 
 # The loss is an nn.Module init arg on purpose (configs pick it by class_path); under LightningCLI its
 # hparams entry is the config, outside the CLI the module itself. Lightning's advice to ignore it does not apply.
@@ -71,7 +71,7 @@ class VGSModule(pl.LightningModule):
         lr_decay: float = 0.1,
         lr_floor: float = 0.0,
         warmup_steps: int = 0,
-        audio_encoder_ckpt: Optional[str] = None,
+        audio_encoder_ckpt: str | None = None,
         freeze_audio_epochs: int = 0,
         channels_last: bool = False,
     ):
@@ -192,7 +192,7 @@ class RetrievalModule(VGSModule):
     def __init__(
         self,
         similarity_kind: str = "MISA",
-        loss: Optional[nn.Module] = None,
+        loss: nn.Module | None = None,
         normalize_outputs: bool = False,
         recall_ks: Sequence[int] = (1, 5, 10),
         eval_chunk_size: int = 2**26,

@@ -51,9 +51,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import RetrievalModule
+from .core.similarity import SIMILARITY_KINDS
 from .davenet import DAVEnet
 from .resdavenet import ResDAVEnet
-from .core.similarity import SIMILARITY_KINDS
 
 # How LightningCLI itself marks a checkpoint's hyperparameters (pytorch_lightning.cli._InstantiatorFn):
 # `load_from_checkpoint` then rebuilds the class through jsonargparse, and `cli.py --ckpt_path` reads them back.

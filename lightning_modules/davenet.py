@@ -12,7 +12,7 @@ github.com/dharwath/DAVEnet-pytorch.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 from torch import nn
 
@@ -45,9 +45,9 @@ class DAVEnet(RetrievalModule):
         image_width_mult: float = 1.0,
         conv_batchnorm: bool = False,
         image_batch_norm: bool = False,
-        pretrained_image: Union[bool, str] = False,
+        pretrained_image: bool | str = False,
         similarity_kind: str = "MISA",
-        loss: Optional[nn.Module] = None,
+        loss: nn.Module | None = None,
         optimizer: OptimizerName = "sgd",
         lr: float = 1e-3,
         momentum: float = 0.9,

@@ -8,7 +8,7 @@ plain metric would count twice. ``compute`` is collective: call it on every rank
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -9,7 +9,7 @@ References: Harwath, Torralba, Glass. NeurIPS 2016.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from torch import nn
 
@@ -46,9 +46,9 @@ class NIPS2016(RetrievalModule):
         audio_width_mult: float = 1.0,
         image_width_mult: float = 1.0,
         conv_batchnorm: bool = False,
-        pretrained_image: Union[bool, str] = False,
+        pretrained_image: bool | str = False,
         similarity_kind: str = "dot",
-        loss: Optional[nn.Module] = None,
+        loss: nn.Module | None = None,
         optimizer: OptimizerName = "sgd",
         lr: float = 1e-5,
         momentum: float = 0.9,

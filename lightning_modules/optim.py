@@ -17,7 +17,8 @@ counts from 1, so its first decay comes one epoch earlier (after epoch 39 instea
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Literal
+from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 

@@ -11,11 +11,13 @@ Not in the papers or the official code (see the reference notes, section 10): a 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .base import VGSModule
 from .metrics import PlaceAccuracyMetric
 from .nets import ACL2017AudioNet, AudioPlaceClassifier, DAVEnetAudioNet, NIPS2016AudioNet, ResDAVEnetAudioNet
@@ -26,10 +28,10 @@ AudioNetName = Literal["davenet", "resdavenet", "acl2017", "nips2016"]
 
 def build_audio_net(
     name: AudioNetName,
-    embedding_dim: Optional[int] = None,
+    embedding_dim: int | None = None,
     width_mult: float = 1.0,
     conv_batchnorm: bool = False,
-    layer_widths: Optional[Sequence[int]] = None,
+    layer_widths: Sequence[int] | None = None,
 ) -> nn.Module:
     """The audio net ``name`` with the same arguments the retrieval modules give it, so that its weights
     load into them unchanged. ``embedding_dim=None`` keeps each net's default (ResDAVEnet: its last width)."""
@@ -65,12 +67,12 @@ class PlaceClassifier(VGSModule):
 
     def __init__(
         self,
-        n_places: Optional[int] = None,
+        n_places: int | None = None,
         audio_net: AudioNetName = "davenet",
-        embedding_dim: Optional[int] = None,
+        embedding_dim: int | None = None,
         audio_width_mult: float = 1.0,
         conv_batchnorm: bool = False,
-        layer_widths: Optional[Sequence[int]] = None,
+        layer_widths: Sequence[int] | None = None,
         pooling: Literal["mean", "max"] = "mean",
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
@@ -80,7 +82,7 @@ class PlaceClassifier(VGSModule):
         **kwargs: Any,
     ):
         super().__init__(optimizer=optimizer, lr=lr, lr_schedule=lr_schedule, **kwargs)
-        self.model: Optional[AudioPlaceClassifier] = None
+        self.model: AudioPlaceClassifier | None = None
         if n_places is not None:
             self._build(n_places)
 
@@ -116,7 +118,7 @@ class PlaceClassifier(VGSModule):
             raise RuntimeError("PlaceClassifier is built when training starts (n_places comes from the data)")
         return self.model.audio_net
 
-    def forward(self, audio: torch.Tensor, nframes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, nframes: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(audio, nframes)
 
     def _targets(self, batch: dict) -> torch.Tensor:

@@ -10,7 +10,8 @@ arXiv:1911.09602. Official code: github.com/wnhsu/ResDAVEnet-VQ.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -45,13 +46,13 @@ class ResDAVEnet(RetrievalModule):
         layer_widths: Sequence[int] = (128, 128, 256, 512, 1024),
         layer_depths: Sequence[int] = (2, 2, 2, 2),
         convsize: int = 9,
-        embedding_dim: Optional[int] = None,
+        embedding_dim: int | None = None,
         audio_width_mult: float = 1.0,
         image_arch: str = "resnet50",
         image_width_mult: float = 1.0,
-        pretrained_image: Union[bool, str] = False,
+        pretrained_image: bool | str = False,
         similarity_kind: str = "SISA",
-        loss: Optional[nn.Module] = None,
+        loss: nn.Module | None = None,
         optimizer: OptimizerName = "adam",
         lr: float = 2e-4,
         weight_decay: float = 5e-7,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -55,7 +55,7 @@ class SpokenSearchWriter(BasePredictionWriter):
 
     def __init__(
         self,
-        output: Optional[str] = None,
+        output: str | None = None,
         top_k: int = 5,
         direction: Literal["a2i", "i2a", "both"] = "a2i",
         chunk_size: int = 2**26,
@@ -79,7 +79,8 @@ class SpokenSearchWriter(BasePredictionWriter):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
-        rank_zero_info(f"spoken search: {sum(len(v) for v in result.values() if isinstance(v, list))} queries -> {path}")
+        n_queries = sum(len(v) for v in result.values() if isinstance(v, list))
+        rank_zero_info(f"spoken search: {n_queries} queries -> {path}")
 
     def _items(self, preds: list[dict]) -> list[dict]:
         """One dict per dataset item, de-duplicated and sorted by dataset index."""
@@ -125,7 +126,8 @@ class SpokenSearchWriter(BasePredictionWriter):
                 queries.append({
                     "query": item_info(dataset, it["index"]),
                     "results": [
-                        {"rank": r + 1, "score": float(scores[q, r]), **item_info(dataset, items[image_pos[rows[q, r]]]["index"])}
+                        {"rank": r + 1, "score": float(scores[q, r]),
+                         **item_info(dataset, items[image_pos[rows[q, r]]]["index"])}
                         for r in range(k)
                     ],
                     "own_image_rank": rank,
@@ -158,7 +160,8 @@ class SpokenSearchWriter(BasePredictionWriter):
                 {
                     "query": item_info(dataset, it["index"]),
                     "results": [
-                        {"rank": r + 1, "place": names.get(int(classes[q, r]), int(classes[q, r])), "prob": float(probs[q, r])}
+                        {"rank": r + 1, "place": names.get(int(classes[q, r]), int(classes[q, r])),
+                         "prob": float(probs[q, r])}
                         for r in range(k)
                     ],
                 }

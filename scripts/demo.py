@@ -94,7 +94,8 @@ def scene_share_of_top1_errors(S: torch.Tensor, indices: torch.Tensor, manifest_
 
 def main() -> int:
     minutes = float(os.environ.get("DEMO_MINUTES", "10") or 10)
-    sizes = {"train": _env_int("DEMO_TRAIN", 8000), "val": _env_int("DEMO_VAL", 500), "test": _env_int("DEMO_TEST", 500)}
+    sizes = {"train": _env_int("DEMO_TRAIN", 8000), "val": _env_int("DEMO_VAL", 500),
+             "test": _env_int("DEMO_TEST", 500)}
     root = Path(os.environ.get("DEMO_DATA", REPO / "data" / "spokenscenes"))
     runs = Path(os.environ.get("DEMO_RUNS", REPO / "runs" / "demo"))
     torch.set_num_threads(os.cpu_count() or 1)

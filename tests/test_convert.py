@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from official_layouts import bn_shapes, resdavenet_audio_shapes
 
 from lightning_modules.convert import ConversionError, convert, load_official, main, match_keys
+from lightning_modules.core.similarity import similarity_matrix
 from lightning_modules.davenet import DAVEnet
 from lightning_modules.nets import DAVEnetAudioNet, ResDAVEnetAudioNet, ResNet50Image, VGG16ConvImage
 from lightning_modules.resdavenet import ResDAVEnet
-from lightning_modules.core.similarity import similarity_matrix
-from official_layouts import bn_shapes, resdavenet_audio_shapes
 
 EMB = 64  # DAVEnet embedding: the official audio/VGG widths are fixed, only conv5 / image_model.30 shrink
 RES_WIDTHS = [8, 16, 16, 32, 64]  # small ResDAVEnet widths; the official layout allows any
@@ -39,7 +39,7 @@ def _fill(shapes: dict, seed: int, nbt: bool = False, prefix: str = "") -> dict:
     return dict(_cached_fill(tuple(shapes.items()), seed, nbt, prefix))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_fill(shapes: tuple, seed: int, nbt: bool, prefix: str) -> dict:
     shapes = dict(shapes)
     g = torch.Generator().manual_seed(seed)

@@ -157,7 +157,7 @@ def test_label_map_state_dict_round_trip(make_manifest):
     dm = PlacesAudioDataModule(test_manifest=str(test), place_labels=True, batch_size=3, **SMALL)
     assert dm.n_places == 0  # not known yet: the CLI may still read it
     with pytest.raises(ValueError, match="no place label map"):
-        dm.label_map
+        _ = dm.label_map
     dm.setup("test")
     with pytest.raises(ValueError, match="no place label map"):  # the ids need the map
         dm.test_dataloader()
@@ -562,7 +562,8 @@ def test_describe_and_denormalize_for_display(make_manifest):
                                num_workers=0, image_size=16, image_transform="resize")
     dm.setup("fit")
     info = dm.val_dataset.describe(2)
-    assert info == {"index": 2, "uttid": "SPK2-train2", "speaker": "SPK2", "text": "caption 2 of a apartment_building/outdoor",
+    assert info == {"index": 2, "uttid": "SPK2-train2", "speaker": "SPK2",
+                    "text": "caption 2 of a apartment_building/outdoor",
                     "wav": "wavs/utt_2.wav", "image": "a/apartment_building/outdoor/img_2.jpg"}
     assert dm.train_dataset is not None and dm.test_dataset is None and dm.predict_dataset is None
     # denormalize inverts the ImageNet normalisation of the transform back to 0..1 pixels

@@ -10,7 +10,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from datamodules import PlacesAudioDataModule
-from lightning_modules import ACL2017, DAVEnet, NIPS2016, PlaceClassifier, ResDAVEnet
+from lightning_modules import ACL2017, NIPS2016, DAVEnet, PlaceClassifier, ResDAVEnet
 from lightning_modules.base import NonFiniteLossError, load_audio_encoder
 from lightning_modules.core.losses import InfoNCELoss
 from lightning_modules.core.similarity import similarity_matrix
@@ -187,7 +187,8 @@ def test_audio_encoder_warm_start_loads_weights_and_rejects_mismatch(tmp_path):
         assert torch.equal(target.audio_net.state_dict()[k], v), k
     # a different width cannot load: the error names the shapes
     wrong = DAVEnet(embedding_dim=16, audio_width_mult=0.12, image_width_mult=0.06)
-    with pytest.raises(ValueError, match=r"shape mismatch: .*conv1.weight: checkpoint \(8, 1, 40, 1\) vs model \(15, 1, 40, 1\)"):
+    mismatch = r"shape mismatch: .*conv1.weight: checkpoint \(8, 1, 40, 1\) vs model \(15, 1, 40, 1\)"
+    with pytest.raises(ValueError, match=mismatch):
         load_audio_encoder(wrong.audio_net, str(ckpt))
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_audio_encoder(wrong.audio_net, str(tmp_path / "missing.ckpt"))

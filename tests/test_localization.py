@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from lightning_modules.core.grounding import seconds_to_output_frames, word_frame_spans, word_heatmap
 from lightning_modules.analysis.__main__ import main as analysis_main
 from lightning_modules.analysis.localization import read_manifest_entries
 from lightning_modules.checkpoints import load_retrieval_checkpoint
+from lightning_modules.core.grounding import seconds_to_output_frames, word_frame_spans, word_heatmap
 from lightning_modules.core.localization import (
     localization_accuracy,
     naming_span,
@@ -158,7 +158,7 @@ def _oracle_case(said=None, truncate=None, spoken=(True, True)):
         images.append(torch.stack([m.float() for m in masks]))
         n = int(math.ceil(words[-1]["end"] * FPS))
         audio = torch.zeros(40, n)
-        for k, obj in enumerate(objects):
+        for k in range(len(objects)):
             for i in (1, 2) if k == 0 else (5, 6):  # the colour and the shape word refer to the object
                 a, b = int(words[i]["start"] * FPS), int(math.ceil(words[i]["end"] * FPS))
                 audio[said.get((p, k), k), a:b] = 1.0
@@ -293,7 +293,8 @@ def test_command_line_loads_a_cli_checkpoint_and_prints_the_metric(spokenscenes,
     ckpt = tmp_path / "tiny.ckpt"
     # what LightningCLI writes: the class path, the loss as its config, and a linked n_places that DAVEnet does not take
     hparams = {**model.hparams, "_class_path": "lightning_modules.DAVEnet", "n_places": 5,
-               "loss": {"class_path": "lightning_modules.core.losses.SampledMarginRankLoss", "init_args": {"margin": 1.0}},
+               "loss": {"class_path": "lightning_modules.core.losses.SampledMarginRankLoss",
+                        "init_args": {"margin": 1.0}},
                "_instantiator": "pytorch_lightning.cli.instantiate_module"}
     torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": pl.__version__,
                 "hyper_parameters": hparams, "datamodule_hyper_parameters": {"image_size": 64}}, ckpt)
@@ -303,8 +304,9 @@ def test_command_line_loads_a_cli_checkpoint_and_prints_the_metric(spokenscenes,
 
     out_json = tmp_path / "loc.json"
     with pytest.warns(UserWarning, match="n_places"):
-        results = analysis_main(["localization", "--ckpt", str(ckpt), "--manifest", str(spokenscenes), "--word", "shape", "name",
-                        "--batch-size", "4", "--limit", "8", "--json", str(out_json)])
+        results = analysis_main(["localization", "--ckpt", str(ckpt), "--manifest", str(spokenscenes),
+                                 "--word", "shape", "name", "--batch-size", "4", "--limit", "8",
+                                 "--json", str(out_json)])
     printed = capsys.readouterr().out
     assert "(8 pairs, images resized to 64 px)" in printed and "word=name" in printed and "chance" in printed
     saved = json.loads(out_json.read_text())

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torchvision
+from official_layouts import resdavenet_audio_shapes
 from torch import nn
 
 from lightning_modules.nets import (
@@ -22,7 +23,6 @@ from lightning_modules.nets import (
     masked_max,
     masked_mean,
 )
-from official_layouts import resdavenet_audio_shapes
 
 
 def n_params(module: nn.Module, trainable_only: bool = False) -> int:
@@ -329,7 +329,8 @@ def test_resdavenet_audio_keys_equal_official_minus_batchnorm1():
     assert released["layer1.0.conv1.weight"] == (256, 128, 1, 9)
     assert released["layer1.0.downsample.0.weight"] == (256, 128, 1, 1)
     assert released["layer4.1.conv2.weight"] == (1024, 1024, 1, 9)
-    assert keys_and_shapes(ResDAVEnetAudioNet()) == resdavenet_audio_shapes((128, 128, 256, 512, 1024), batchnorm1=False)
+    default_widths = (128, 128, 256, 512, 1024)
+    assert keys_and_shapes(ResDAVEnetAudioNet()) == resdavenet_audio_shapes(default_widths, batchnorm1=False)
 
 
 def test_resdavenet_official_initialisation():

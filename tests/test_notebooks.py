@@ -55,7 +55,7 @@ def run_notebook(name: str, params: dict, tmp_path: Path, timeout: int = 240) ->
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
-    line = next(l for l in text.splitlines() if l.startswith(RESULTS_MARK))
+    line = next(x for x in text.splitlines() if x.startswith(RESULTS_MARK))
     return json.loads(line[len(RESULTS_MARK):]), nb
 
 
@@ -70,7 +70,7 @@ def test_model_comparison_notebook(tmp_path):
                                tmp_path)
     labels = {"NIPS2016", "ACL2017", "DAVEnet", "ResDAVEnet", "ResDAVEnet (released widths)", "Place classifier"}
     assert labels <= set(results["params"])
-    for label, p in results["params"].items():
+    for p in results["params"].values():
         assert p["total"] == p["audio"] + p["image"] + p["head"] and p["trainable"] + p["frozen"] == p["total"]
         assert p["audio"] > 0
     # NIPS2016 freezes its VGG16 backbone (and nothing else); DAVEnet trains everything

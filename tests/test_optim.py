@@ -56,10 +56,12 @@ def test_cosine_time_follows_the_clock_and_its_state_excludes_the_clock():
     sched = build_scheduler(opt, "cosine_time", time_budget_s=100.0, clock=lambda: now["t"])["scheduler"]
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
     now["t"] = 50.0
-    opt.step(); sched.step()
+    opt.step()
+    sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
     now["t"] = 250.0  # past the budget: stays at the floor
-    opt.step(); sched.step()
+    opt.step()
+    sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0)
     state = sched.state_dict()
     assert "clock" not in state and "optimizer" not in state

@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
 from lightning_modules.core.retrieval_metrics import retrieval_metrics
-from lightning_modules.metrics import RetrievalRecallMetric
 from lightning_modules.core.similarity import similarity_matrix
+from lightning_modules.metrics import RetrievalRecallMetric
 
 KS = (1, 5, 10)
 

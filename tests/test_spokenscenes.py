@@ -226,7 +226,7 @@ def test_captions_name_what_they_index():
         rng = np.random.default_rng(k)
         scene = draw_scene(rng, 64)
         cap = make_caption(scene.name, scene.objects, rng)
-        assert [t for t in re.findall(r"[a-z]+", cap.text)] == cap.tokens
+        assert re.findall(r"[a-z]+", cap.text) == cap.tokens
         assert any(cap.object_index)
         for o, index in zip(scene.objects, cap.object_index):
             assert {LEXICON.get(cap.tokens[i]) for i in index} >= ({f"colour:{o.colour}", f"shape:{o.shape}"}

@@ -32,7 +32,8 @@ Backprop", ECCV 2016 (the pointing game).
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -24,7 +24,7 @@ open_clip's evaluation idea (chunked over queries, ties by index).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -194,7 +194,7 @@ class VGG16FC7Image(nn.Module):
                 p.requires_grad_(False)
             self.train(self.training)
 
-    def train(self, mode: bool = True) -> "VGG16FC7Image":
+    def train(self, mode: bool = True) -> VGG16FC7Image:
         super().train(mode)
         if self.freeze:  # a frozen feature extractor stays deterministic: no dropout, no BatchNorm updates
             self.features.eval()

@@ -18,7 +18,6 @@ At T = 1024 the frame map has 253 frames. Inputs need at least 14 frames (the va
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -117,7 +117,7 @@ class ResDAVEnetAudioNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @classmethod
-    def released(cls, **kwargs) -> "ResDAVEnetAudioNet":
+    def released(cls, **kwargs) -> ResDAVEnetAudioNet:
         """The configuration of the released ResDAVEnet-VQ checkpoints (widths 128,256,256,512,1024)."""
         return cls(layer_widths=RESDAVENET_RELEASED_WIDTHS, **kwargs)
 

@@ -1,9 +1,12 @@
 """Data pipeline of VGS-Lightning: Places-format manifests -> log-mel + image batches (docs/architecture.md).
 
-    manifest.py      parse and validate manifests; place labels; BadSampleError / ManifestError
+    errors.py        ManifestError, BadSampleError, FeatureCacheError, SkippedSamplesWarning
+    manifest.py      parse and validate manifests; place labels
     features.py      wav -> log-mel [40, T] (official DAVEnet recipe), pad_or_truncate
     images.py        image loading and the named per-paper transforms
     cache.py         memory-mapped float16 feature store (python -m datamodules.cache)
+    bad_samples.py   the bad-sample policy: skip markers, the per-epoch SkipLog, PlacesAudioDataLoader
+    sampler.py       LengthBucketSampler (similar-length batches, DDP-sharded)
     places_audio.py  PlacesAudioDataset, its collate and PlacesAudioDataModule
 
 The names below are imported on first use, so that `python -m datamodules.cache` and
@@ -16,9 +19,11 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "BadSampleError": "manifest",
+    "BadSampleError": "errors",
+    "FeatureCacheError": "errors",
+    "ManifestError": "errors",
+    "SkippedSamplesWarning": "errors",
     "Manifest": "manifest",
-    "ManifestError": "manifest",
     "load_manifest": "manifest",
     "place_label": "manifest",
     "load_audio": "features",
@@ -27,15 +32,13 @@ _EXPORTS = {
     "IMAGE_TRANSFORMS": "images",
     "build_image_transform": "images",
     "load_image": "images",
-    "FeatureCacheError": "cache",
     "FeatureStore": "cache",
     "build_cache": "cache",
-    "LengthBucketSampler": "places_audio",
+    "LengthBucketSampler": "sampler",
     "PlacesAudioCollate": "places_audio",
-    "PlacesAudioDataLoader": "places_audio",
+    "PlacesAudioDataLoader": "bad_samples",
     "PlacesAudioDataModule": "places_audio",
     "PlacesAudioDataset": "places_audio",
-    "SkippedSamplesWarning": "places_audio",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -51,15 +54,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .cache import FeatureCacheError, FeatureStore, build_cache
+    from .bad_samples import PlacesAudioDataLoader
+    from .cache import FeatureStore, build_cache
+    from .errors import BadSampleError, FeatureCacheError, ManifestError, SkippedSamplesWarning
     from .features import load_audio, log_mel, pad_or_truncate
     from .images import IMAGE_TRANSFORMS, build_image_transform, load_image
-    from .manifest import BadSampleError, Manifest, ManifestError, load_manifest, place_label
-    from .places_audio import (
-        LengthBucketSampler,
-        PlacesAudioCollate,
-        PlacesAudioDataLoader,
-        PlacesAudioDataModule,
-        PlacesAudioDataset,
-        SkippedSamplesWarning,
-    )
+    from .manifest import Manifest, load_manifest, place_label
+    from .places_audio import PlacesAudioCollate, PlacesAudioDataModule, PlacesAudioDataset
+    from .sampler import LengthBucketSampler

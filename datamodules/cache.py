@@ -30,16 +30,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .errors import BadSampleError, FeatureCacheError
 from .features import N_MELS, RECIPE, single_thread_worker_init, wav_log_mel
-from .manifest import BadSampleError, Manifest, load_manifest
+from .manifest import Manifest, load_manifest
 
 FEATURES_FILE = "features.f16"
 OFFSETS_FILE = "offsets.npy"
 INDEX_FILE = "index.json"
-
-
-class FeatureCacheError(RuntimeError):
-    """A missing, stale or mismatched feature cache; the message says which and how to rebuild it."""
 
 
 def store_dir(cache_dir: str | os.PathLike, manifest_path: str | os.PathLike) -> str:

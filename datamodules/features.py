@@ -35,7 +35,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from .manifest import BadSampleError, require_nonempty_file
+from .errors import BadSampleError, require_nonempty_file
 
 SAMPLE_RATE = 16000
 N_FFT = 400

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from .manifest import BadSampleError, require_nonempty_file
+from .errors import BadSampleError, require_nonempty_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -25,43 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ManifestError
+
 REQUIRED_TOP_KEYS = ("image_base_path", "audio_base_path", "data")
 REQUIRED_ITEM_KEYS = ("wav", "image")
 OPTIONAL_ITEM_KEYS = ("uttid", "speaker", "asr_text")
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be used: not JSON, a missing key, a wrong type. The message names the manifest."""
-
-
-class BadSampleError(ValueError):
-    """A wav or image that cannot be used (missing, empty, corrupt, undecodable).
-
-    The message names the file and the reason; `path` and `reason` are also kept as attributes. The single-string
-    constructor is kept working so that PyTorch can re-raise the error from a DataLoader worker with its type.
-    """
-
-    def __init__(self, message: str, path: str | None = None, reason: str | None = None):
-        super().__init__(message)
-        self.path = path
-        self.reason = reason
-
-    @classmethod
-    def for_file(cls, kind: str, path: str | os.PathLike, reason: str) -> BadSampleError:
-        """`BadSampleError.for_file("wav", "a/b.wav", "file not found")` -> "bad wav a/b.wav: file not found"."""
-        return cls(f"bad {kind} {os.fspath(path)}: {reason}", path=os.fspath(path), reason=reason)
-
-
-def require_nonempty_file(kind: str, path: str) -> None:
-    """BadSampleError naming the file when it is missing, unreadable or empty: the checks before any decoding."""
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise BadSampleError.for_file(kind, path, "file not found") from None
-    except OSError as err:
-        raise BadSampleError.for_file(kind, path, f"cannot read: {err.strerror or err}") from None
-    if size == 0:
-        raise BadSampleError.for_file(kind, path, "empty file (0 bytes)")
 
 
 def _bytes_array(strings: list[str]) -> np.ndarray:

@@ -10,52 +10,30 @@ Batches (docs/architecture.md): `audio` [B, 40, T] float32, `nframes` [B] int64,
 `place` [B] int64 (only with place labels). T = target_length, or the longest caption of the batch when
 target_length is None.
 
-Bad samples (missing, empty, corrupt or undecodable wav or image):
-- `on_bad_sample="error"`: BadSampleError naming the file, the reason and the manifest item; from a DataLoader
-  worker, PyTorch re-raises it in the main process with that message.
-- `on_bad_sample="skip"`: the dataset returns a `SkippedSample` marker, the collate drops it and lists it under the
-  batch key `skipped`; `PlacesAudioDataLoader` (main process, so it sees every worker's records) removes that key
-  and warns once per epoch with the count and the first few files (`SkippedSamplesWarning`).
-  A batch whose samples were all bad is not dropped but replaced by stand-ins: the next good pairs of the
-  manifest after it (as many as the batch had). The number of batches per epoch thus stays `len(loader)`, which
-  Lightning's validation schedule, per-step LR schedules and DDP (every rank must step together) rely on; the
-  price is that a few pairs appear twice in that epoch (the retrieval metric de-duplicates by `index`).
+Bad samples (missing, empty, corrupt or undecodable wav or image) follow `on_bad_sample` ("error" or "skip"; see
+`datamodules/bad_samples.py`); training batches of similar length come from `datamodules/sampler.py`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
+from .bad_samples import ON_BAD_SAMPLE, PlacesAudioDataLoader, SkipLog, SkippedSample
 from .cache import FeatureStore
+from .errors import BadSampleError, SkippedSamplesWarning
 from .features import N_MELS, pad_or_truncate, single_thread_worker_init, wav_log_mel, wav_num_frames
 from .images import IMAGE_TRANSFORMS, build_image_transform, denormalize, image_tensor
-from .manifest import BadSampleError, Manifest, build_label_map, load_manifest, place_ids
-
-ON_BAD_SAMPLE = ("error", "skip")
-
-
-class SkippedSamplesWarning(UserWarning):
-    """Bad samples were skipped (`on_bad_sample="skip"`); the message counts them and names the first few."""
-
-
-@dataclass(frozen=True)
-class SkippedSample:
-    """What the dataset returns instead of an item whose wav or image is bad, in skip mode."""
-
-    index: int
-    path: str
-    reason: str
+from .manifest import Manifest, build_label_map, load_manifest, place_ids
+from .sampler import LengthBucketSampler
 
 
 class PlacesAudioDataset(Dataset):
@@ -216,163 +194,6 @@ class PlacesAudioCollate:
         return batch
 
 
-class SkipLog:
-    """Main-process tally of one split's skipped samples, reported once per epoch.
-
-    Records are labelled when they arrive with `when()` ("epoch 3"; "epoch 3, rank 1" under DDP, where each rank
-    reports its own) or, outside a Trainer, the pass number over the loader. A label's report is issued when a
-    pass over the loader ends, when records or a pass of another label arrive (Lightning may stop iterating
-    once it has `len(loader)` batches, before the pass "ends"), and at `flush()` (DataModule teardown).
-    """
-
-    def __init__(self, split: str, max_names: int = 5, when: Callable[[], str | None] | None = None):
-        self.split = split
-        self.max_names = max_names
-        self.when = when
-        self.count = 0
-        self.first: list[tuple[int, str, str]] = []
-        self.label: str | None = None
-        self.total = 0  # over the whole run
-        self.passes = 0
-        self.reports: list[str] = []
-
-    def _now(self) -> str:
-        label = self.when() if self.when is not None else None
-        return label if label is not None else f"pass {self.passes}"
-
-    def start_pass(self) -> None:
-        self.passes += 1
-        if self.count and self.label != self._now():
-            self.flush()
-
-    def add(self, records: list[tuple[int, str, str]]) -> None:
-        now = self._now()
-        if self.count and self.label != now:
-            self.flush()
-        if not self.count:
-            self.label = now
-        self.count += len(records)
-        self.total += len(records)
-        self.first.extend(records[: self.max_names - len(self.first)])
-
-    def flush(self) -> str | None:
-        """Warn about the pending skipped samples (if any) and reset; returns the message."""
-        if not self.count:
-            return None
-        shown = "; ".join(f"{path} ({reason})" for _, path, reason in self.first)
-        more = f"; ... and {self.count - len(self.first)} more" if self.count > len(self.first) else ""
-        message = f"{self.split} {self.label}: skipped {self.count} bad sample(s): {shown}{more}"
-        self.count, self.first = 0, []
-        self.reports.append(message)
-        warnings.warn(message, SkippedSamplesWarning, stacklevel=2)
-        return message
-
-
-class PlacesAudioDataLoader(DataLoader):
-    """A DataLoader that takes the skip records off each batch, reports them, and replaces all-bad batches.
-
-    Same arguments as DataLoader plus `skip_log`; Lightning can re-create it with another sampler (DDP, predict).
-    `__iter__` runs in the main process, so it sees the records of every worker.
-    """
-
-    def __init__(self, *args, skip_log: SkipLog | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.skip_log = skip_log
-
-    def _stand_in(self, skipped: list[tuple[int, str, str]]) -> dict:
-        """A batch of the next good pairs after the first index of an all-bad batch (as many as it had)."""
-        n, want = len(self.dataset), len(skipped)
-        items = []
-        for step in range(1, n):  # in the main process; only when a whole batch was bad
-            item = self.dataset[(skipped[0][0] + step) % n]
-            if not isinstance(item, SkippedSample):
-                items.append(item)
-                if len(items) == want:
-                    break
-        if not items:
-            raise BadSampleError(f"every pair of the data set is bad (e.g. {skipped[0][1]}: {skipped[0][2]})",
-                                 path=skipped[0][1], reason=skipped[0][2])
-        batch = self.collate_fn(items)
-        batch.pop("skipped", None)
-        return batch
-
-    def __iter__(self):
-        log = self.skip_log
-        if log is not None:
-            log.start_pass()
-        iterator = super().__iter__()
-        try:
-            for batch in iterator:
-                skipped = batch.pop("skipped", None)
-                if skipped and log is not None:
-                    log.add(skipped)
-                if batch["audio"].shape[0] == 0:
-                    batch = self._stand_in(skipped)
-                yield batch
-        except GeneratorExit:  # the consumer stopped early (Lightning knows the length): report later
-            raise
-        except Exception:
-            # Stop the workers now: left to the garbage collector (the exception's traceback makes a reference
-            # cycle), their shutdown can stall for PyTorch's 5 s join timeout. Same call Lightning uses.
-            shutdown = getattr(iterator, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-                self._iterator = None
-            if log is not None:
-                log.flush()
-            raise
-        else:
-            if log is not None:
-                log.flush()
-
-
-class LengthBucketSampler(DistributedSampler):
-    """Training order whose consecutive `batch_size` indices have similar caption lengths, sharded over ranks.
-
-    Per epoch (random stream seeded with `seed + epoch`, the same on every rank):
-      1. shuffle all indices; pad to a multiple of num_replicas by repeating some (as DistributedSampler does);
-      2. sort by length inside mega-chunks of `chunk_batches` global batches (global batch = batch_size x ranks);
-      3. cut into global batches and shuffle their order (a short last one stays last, so batches stay aligned);
-      4. rank r takes every num_replicas-th index of each global batch.
-    So each local batch holds captions of similar length, and with one rank every index comes exactly once.
-
-    It is a DistributedSampler on purpose: Lightning leaves those in place under DDP and calls their `set_epoch`.
-    Any other sampler gets wrapped in `DistributedSamplerWrapper` (pytorch_lightning/trainer/connectors/
-    data_connector.py `_get_distributed_sampler`) with `shuffle=True` for training, which permutes the wrapped
-    order again and would undo the bucketing.
-    """
-
-    def __init__(
-        self,
-        lengths,
-        batch_size: int,
-        num_replicas: int = 1,
-        rank: int = 0,
-        seed: int = 0,
-        chunk_batches: int = 50,
-    ):
-        self.lengths = torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
-        super().__init__(self.lengths, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.batch_size = batch_size
-        self.chunk_batches = chunk_batches
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        n = len(self.lengths)
-        perm = torch.randperm(n, generator=g)
-        if self.total_size > n:
-            perm = perm.repeat(math.ceil(self.total_size / n))[: self.total_size]
-        group = self.batch_size * self.num_replicas
-        chunk = torch.arange(self.total_size) // (group * self.chunk_batches)
-        lengths = self.lengths[perm]
-        perm = perm[torch.sort(chunk * (int(lengths.max()) + 1) + lengths, stable=True).indices]
-        n_full = self.total_size // group
-        full = perm[: n_full * group].view(n_full, group)[torch.randperm(n_full, generator=g)]
-        rest = perm[n_full * group :]
-        local = torch.cat([full[:, self.rank :: self.num_replicas].reshape(-1), rest[self.rank :: self.num_replicas]])
-        return iter(local.tolist())
-
-
 class PlacesAudioDataModule(pl.LightningDataModule):
     """Places-format spoken caption / image pairs for training, validation, test and predict.
 
@@ -442,34 +263,25 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.manifest_paths = {"train": train_manifest, "val": val_manifest, "test": test_manifest,
                                "predict": predict_manifest}
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.target_length = target_length
-        self.image_size = image_size
-        self.image_transform = image_transform
-        self.on_bad_sample = on_bad_sample
-        self.place_labels = place_labels
-        self.feature_cache = feature_cache
-        self.pad_value = pad_value
-        self.bucket_by_length = bucket_by_length
-        self.drop_last = drop_last
-        self.pin_memory = pin_memory
-        self.seed = seed
-        self.check_files = check_files
-        self.load_images = load_images
         self.datasets: dict[str, PlacesAudioDataset] = {}
         self.skip_logs = {split: SkipLog(split, when=self._epoch_label) for split in self.manifest_paths}
         self._manifests: dict[str, Manifest] = {}
         self._label_map: dict[str, int] | None = None
 
     # ---- manifests and labels -----------------------------------------------------------------------
+    def _require(self, split: str, stage: str | None = None) -> str:
+        """The manifest path of a split, or the one error for a split without a manifest."""
+        path = self.manifest_paths[split]
+        if path is None:
+            needed = f" for trainer stage {stage!r}" if stage else ""
+            raise ValueError(f"PlacesAudioDataModule: no {split}_manifest was given{needed} "
+                             f"(set data.{split}_manifest)")
+        return path
+
     def manifest(self, split: str) -> Manifest:
         """The parsed manifest of a split (read once)."""
         if split not in self._manifests:
-            path = self.manifest_paths[split]
-            if path is None:
-                raise ValueError(f"PlacesAudioDataModule: no {split}_manifest was given")
-            self._manifests[split] = load_manifest(path)
+            self._manifests[split] = load_manifest(self._require(split))
         return self._manifests[split]
 
     @property
@@ -524,28 +336,26 @@ class PlacesAudioDataModule(pl.LightningDataModule):
             wanted = tuple(s for s, p in self.manifest_paths.items() if p is not None)
         else:
             wanted = splits[stage]
-            required = "train" if stage == "fit" else wanted[0]
-            if self.manifest_paths[required] is None:
-                raise ValueError(f"trainer stage {stage!r} needs PlacesAudioDataModule({required}_manifest=...)")
+            self._require("train" if stage == "fit" else wanted[0], stage)
         for split in wanted:
             if self.manifest_paths[split] is not None and split not in self.datasets:
                 self.datasets[split] = self._build_dataset(split)
 
     def _build_dataset(self, split: str) -> PlacesAudioDataset:
         manifest = self.manifest(split)
-        if self.check_files:
-            self._check_files(manifest, wavs=self.feature_cache is None, images=self.load_images)
+        if self.hparams.check_files:
+            self._check_files(manifest, wavs=self.hparams.feature_cache is None, images=self.hparams.load_images)
         return PlacesAudioDataset(
             manifest,
-            target_length=self.target_length,
-            image_transform=self.image_transform,
+            target_length=self.hparams.target_length,
+            image_transform=self.hparams.image_transform,
             train=split == "train",
-            image_size=self.image_size,
-            on_bad_sample=self.on_bad_sample,
-            feature_cache=self.feature_cache,
-            pad_value=self.pad_value,
-            place_labels=self.place_labels,
-            load_images=self.load_images,
+            image_size=self.hparams.image_size,
+            on_bad_sample=self.hparams.on_bad_sample,
+            feature_cache=self.hparams.feature_cache,
+            pad_value=self.hparams.pad_value,
+            place_labels=self.hparams.place_labels,
+            load_images=self.hparams.load_images,
         )
 
     def _check_files(self, manifest: Manifest, wavs: bool = True, images: bool = True) -> None:
@@ -555,7 +365,7 @@ class PlacesAudioDataModule(pl.LightningDataModule):
             return
         shown = "; ".join(f"item {i}: {kind} {path}" for i, kind, path in missing[:5])
         more = f"; ... ({len(missing)} in all)" if len(missing) > 5 else ""
-        if self.on_bad_sample == "error":
+        if self.hparams.on_bad_sample == "error":
             raise BadSampleError(f"manifest {manifest.path}: missing file(s): {shown}{more}",
                                  path=missing[0][2], reason="file not found")
         warnings.warn(f"manifest {manifest.path}: {len(missing)} missing file(s), those pairs will be skipped: "
@@ -571,38 +381,37 @@ class PlacesAudioDataModule(pl.LightningDataModule):
 
     def _dataset(self, split: str) -> PlacesAudioDataset:
         if split not in self.datasets:
-            if self.manifest_paths[split] is None:
-                raise ValueError(f"PlacesAudioDataModule: no {split}_manifest was given")
             self.datasets[split] = self._build_dataset(split)
         dataset = self.datasets[split]
-        if self.place_labels:  # here, not in setup: a checkpoint's label map is restored after setup
+        if self.hparams.place_labels:  # here, not in setup: a checkpoint's label map is restored after setup
             dataset.set_label_map(self.label_map)
         return dataset
 
     def _loader(self, split: str) -> PlacesAudioDataLoader:
+        hp = self.hparams
         dataset = self._dataset(split)
         train = split == "train"
         sampler = None
         generator = None
-        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        if train and self.bucket_by_length:
+        seed = hp.seed if hp.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        if train and hp.bucket_by_length:
             trainer = getattr(self, "trainer", None)
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            sampler = LengthBucketSampler(dataset.lengths(), self.batch_size, num_replicas=world, rank=rank, seed=seed)
-        elif train and self.seed is not None:
-            generator = torch.Generator().manual_seed(self.seed)
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+            sampler = LengthBucketSampler(dataset.lengths(), hp.batch_size, num_replicas=world, rank=rank, seed=seed)
+        elif train and hp.seed is not None:
+            generator = torch.Generator().manual_seed(hp.seed)
+        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         return PlacesAudioDataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=hp.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
             generator=generator,
-            drop_last=train and self.drop_last,
-            num_workers=self.num_workers,
-            collate_fn=PlacesAudioCollate(self.target_length, self.pad_value),
+            drop_last=train and hp.drop_last,
+            num_workers=hp.num_workers,
+            collate_fn=PlacesAudioCollate(hp.target_length, hp.pad_value),
             pin_memory=pin,
-            worker_init_fn=single_thread_worker_init if self.num_workers > 0 else None,
+            worker_init_fn=single_thread_worker_init if hp.num_workers > 0 else None,
             # Not persistent: each pass's workers stop when it ends. Persistent workers outlive the pass in the
             # loader and, once the loader is only reachable through a reference cycle (Lightning's
             # save_hyperparameters keeps its caller's frame in one), stall 5 s on shutdown by the garbage collector.
@@ -630,7 +439,8 @@ class PlacesAudioDataModule(pl.LightningDataModule):
 
     def denormalize(self, image: torch.Tensor) -> torch.Tensor:
         """Undo the image transform's normalisation: [3, H, W] or [B, 3, H, W] back to 0..1 RGB for display."""
-        return denormalize(image, self.image_transform if isinstance(self.image_transform, str) else "")
+        transform = self.hparams.image_transform
+        return denormalize(image, transform if isinstance(transform, str) else "")
 
     def train_dataloader(self) -> PlacesAudioDataLoader:
         return self._loader("train")

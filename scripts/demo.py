@@ -31,7 +31,8 @@ from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 
 import cli  # noqa: E402
 from datamodules import load_manifest  # noqa: E402
-from datamodules.cache import FeatureCacheError, FeatureStore, build_cache  # noqa: E402
+from datamodules.cache import FeatureStore, build_cache  # noqa: E402
+from datamodules.errors import FeatureCacheError  # noqa: E402
 from datamodules.manifest import place_label  # noqa: E402
 from datamodules.spokenscenes import generate  # noqa: E402
 from scripts.csvlog import validation_curve  # noqa: E402

@@ -13,9 +13,10 @@ import soundfile as sf
 import torch
 
 from datamodules import cache as cache_mod
-from datamodules.cache import FeatureCacheError, FeatureStore, build_cache, main, store_dir
+from datamodules.cache import FeatureStore, build_cache, main, store_dir
+from datamodules.errors import BadSampleError, FeatureCacheError
 from datamodules.features import wav_log_mel
-from datamodules.manifest import BadSampleError, load_manifest
+from datamodules.manifest import load_manifest
 from datamodules.places_audio import PlacesAudioDataModule, PlacesAudioDataset
 
 # float16 keeps 11 significant bits: round-to-nearest is off by at most 2^-11 of the value (<= 0.04 dB on [-80, 0]).

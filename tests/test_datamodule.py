@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from datamodules import PlacesAudioDataModule
+from datamodules.errors import BadSampleError, ManifestError, SkippedSamplesWarning
 from datamodules.features import single_thread_worker_init, wav_log_mel
 from datamodules.images import (
     IMAGE_TRANSFORMS,
@@ -24,8 +25,9 @@ from datamodules.images import (
     build_image_transform,
     load_image,
 )
-from datamodules.manifest import BadSampleError, ManifestError, load_manifest
-from datamodules.places_audio import LengthBucketSampler, PlacesAudioCollate, SkippedSamplesWarning
+from datamodules.manifest import load_manifest
+from datamodules.places_audio import PlacesAudioCollate
+from datamodules.sampler import LengthBucketSampler
 
 SMALL = dict(num_workers=0, image_size=16, image_transform="resize")
 BATCH_KEYS = {"audio", "nframes", "image", "index", "image_id"}
@@ -363,7 +365,7 @@ def test_all_bad_data_set_is_an_error(make_manifest):
 
 
 def test_collate_of_only_bad_samples():
-    from datamodules.places_audio import SkippedSample
+    from datamodules.bad_samples import SkippedSample
 
     batch = PlacesAudioCollate(target_length=8)([SkippedSample(0, "a.wav", "empty file")])
     assert batch["audio"].shape == (0, 40, 8) and batch["nframes"].shape == (0,)
@@ -528,7 +530,7 @@ def test_lightning_keeps_the_bucket_sampler_under_ddp(make_manifest):
     prepared = trainer._data_connector._prepare_dataloader(loader, shuffle=True, mode=RunningStage.TRAINING)
     assert prepared is loader
     # without bucketing Lightning swaps in a DistributedSampler by re-creating our loader, skip log included
-    dm.bucket_by_length = False
+    dm.hparams.bucket_by_length = False
     plain = dm.train_dataloader()
     prepared = trainer._data_connector._prepare_dataloader(plain, shuffle=True, mode=RunningStage.TRAINING)
     assert type(prepared) is type(plain) and prepared.skip_log is dm.skip_logs["train"]

@@ -10,8 +10,8 @@ import soundfile as sf
 import torch
 
 from datamodules import features
+from datamodules.errors import BadSampleError
 from datamodules.features import load_audio, log_mel, num_frames, pad_or_truncate, wav_log_mel, wav_num_frames
-from datamodules.manifest import BadSampleError
 
 librosa = pytest.importorskip("librosa")
 

@@ -7,6 +7,7 @@
     cache.py         memory-mapped float16 feature store (python -m datamodules.cache)
     bad_samples.py   the bad-sample policy: skip markers, the per-epoch SkipLog, PlacesAudioDataLoader
     sampler.py       LengthBucketSampler (similar-length batches, DDP-sharded)
+    alignment.py     parse_alignment: the one reader of "start__LABEL__end" word / phone alignments
     places_audio.py  PlacesAudioDataset, its collate and PlacesAudioDataModule
 
 The names below are imported on first use, so that `python -m datamodules.cache` and
@@ -35,6 +36,8 @@ _EXPORTS = {
     "FeatureStore": "cache",
     "build_cache": "cache",
     "LengthBucketSampler": "sampler",
+    "parse_alignment": "alignment",
+    "item_alignment": "alignment",
     "PlacesAudioCollate": "places_audio",
     "PlacesAudioDataLoader": "bad_samples",
     "PlacesAudioDataModule": "places_audio",
@@ -54,6 +57,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .alignment import item_alignment, parse_alignment
     from .bad_samples import PlacesAudioDataLoader
     from .cache import FeatureStore, build_cache
     from .errors import BadSampleError, FeatureCacheError, ManifestError, SkippedSamplesWarning

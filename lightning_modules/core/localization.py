@@ -170,7 +170,7 @@ def peak_in_mask(heat: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
     return hits, peaks
 
 
-def _load_mask(mask: Any, mask_root: str | os.PathLike | None) -> Tensor:
+def load_mask(mask: Any, mask_root: str | os.PathLike | None) -> Tensor:
     """A bool [H, W] mask from a path under ``mask_root`` (PNG, nonzero = object) or an array / tensor."""
     if isinstance(mask, (str, os.PathLike)):
         if mask_root is None:
@@ -270,13 +270,17 @@ def object_heatmaps(
 
 
 def _masks_by_size(maps: dict[str, Any], mask_root) -> dict[tuple[int, int], tuple[Tensor, Tensor]]:
-    """The masks of the mapped objects, stacked per mask size: {(H, W): (positions in ``row``, masks [k, H, W])}."""
-    masks = [_load_mask(maps["objects"]["mask"][i], mask_root) for i in maps["row"].tolist()]
+    """The masks of the mapped objects, stacked per mask size: {(H, W): (positions in ``row``, masks [k, H, W])}.
+    Read once per ``maps`` (kept in it under ``_masks``)."""
+    if maps.get("_masks") is not None and maps["_masks"][0] == mask_root:
+        return maps["_masks"][1]
+    masks = [load_mask(maps["objects"]["mask"][i], mask_root) for i in maps["row"].tolist()]
     sizes = [tuple(m.shape) for m in masks]
     out = {}
     for size in dict.fromkeys(sizes):  # masks of different sizes (rare) are scored group by group
         g = [j for j, s in enumerate(sizes) if s == size]
         out[size] = (torch.tensor(g, dtype=torch.long), torch.stack([masks[j] for j in g]))
+    maps["_masks"] = (mask_root, out)
     return out
 
 
@@ -408,7 +412,7 @@ def heatmap_ap_iou(maps: dict[str, Any], mask_root: str | os.PathLike | None = N
     masks; DenseAV's min-max scaling of the maps changes neither), and ``ap`` / ``iou`` are the means over the
     classes (``by`` = "shape", "size" or "text"). Baselines through the same functions: ``*_chance`` for a uniform
     map (AP = the masks' pixel share; IoU of marking every pixel, the same share) and ``*_centre`` for a centre
-    prior (minus the squared distance from the image centre).
+    prior (minus the squared distance from the image centre). ``classes`` holds every class's scores and ``n``.
     """
     if by not in ("shape", "size", "text"):
         raise ValueError(f"localization.py: by must be 'shape', 'size' or 'text', got {by!r}")
@@ -436,4 +440,4 @@ def heatmap_ap_iou(maps: dict[str, Any], mask_root: str | os.PathLike | None = N
                            "n": len(groups[name]["heat"])}
     keys = ("ap", "iou", "ap_chance", "iou_chance", "ap_centre", "iou_centre")
     return {**{k: float(np.mean([c[k] for c in per_class.values()])) for k in keys},
-            "n_classes": len(per_class), "n_words": int(maps["row"].numel()), "by": by, f"by_{by}": per_class}
+            "n_classes": len(per_class), "n_words": int(maps["row"].numel()), "by": by, "classes": per_class}

@@ -7,7 +7,8 @@
 
 Layers are read with forward hooks, so the nets stay as the papers wrote them: DAVEnet's conv1 is the ReLU of its
 first convolution (norm1 output), conv2..conv5 the outputs of the four max-pools (after each conv, ReLU, pool);
-ResDAVEnet's conv1 is the ReLU of the stem (bn1 output), layer1..layerN the residual stages. ``input`` is the
+ResDAVEnet's conv1 is the ReLU of the stem (bn1 output), layer1..layerN the residual stages (their last blocks),
+before any VQ layer that follows them. ``input`` is the
 log-mel itself. A layer of T_k frames from T input frames has ``spf = 0.01 * round(T / T_k)`` seconds per frame
 (ResDAVEnet-VQ `get_feats_codes`) and ``ceil(nframes * T_k / T)`` valid frames (every stride halves with ceil).
 """
@@ -44,12 +45,18 @@ def layer_names(audio_net: nn.Module) -> list[str]:
 
 
 def resolve_layer(audio_net: nn.Module, layer: str | int) -> str:
-    """A layer by name or number: 0 is the input; k is DAVEnet's conv{k} or ResDAVEnet's layer{k} (the numbering
-    of ResDAVEnet-VQ's quantisers, ``vq_layers=(2, 3)``)."""
+    """A layer by name or number: 0 is the input; k is DAVEnet's conv{k}, and ResDAVEnet's VQ position k (the
+    numbering of ``vq_layers`` and the official ``quant<k>``: 1 = the stem conv1, k = the output of stage k - 1,
+    so 3 = layer2, 40 ms per frame)."""
     names = layer_names(audio_net)
     if isinstance(layer, int) or str(layer).isdigit():
         k = int(layer)
-        name = "input" if k == 0 else (f"conv{k}" if isinstance(audio_net, DAVEnetAudioNet) else f"layer{k}")
+        if k == 0:
+            name = "input"
+        elif isinstance(audio_net, DAVEnetAudioNet):
+            name = f"conv{k}"
+        else:
+            name = "conv1" if k == 1 else f"layer{k - 1}"
     else:
         name = str(layer)
     if name not in names:
@@ -80,10 +87,10 @@ def layer_outputs(audio_net: nn.Module, audio: Tensor, nframes: Tensor | None = 
         hooks.append(audio_net.norm1.register_forward_hook(keep("conv1", relu=True)))
         pooled: list[Tensor] = []
         hooks.append(audio_net.pool.register_forward_hook(lambda _m, _i, out: pooled.append(out)))
-    else:
+    else:  # a stage's output is its last block's (the stage itself may be iterated rather than called)
         hooks.append(audio_net.bn1.register_forward_hook(keep("conv1", relu=True)))
         for k in range(1, audio_net.num_stages + 1):
-            hooks.append(getattr(audio_net, f"layer{k}").register_forward_hook(keep(f"layer{k}")))
+            hooks.append(getattr(audio_net, f"layer{k}")[-1].register_forward_hook(keep(f"layer{k}")))
     try:
         audio_net(audio, nframes.to(audio.device))
     finally:

@@ -18,7 +18,7 @@ embedding space (the mean region embedding of the image parts the word names, e.
 
     keyword_spotting(scores [K, N], relevant [K, N], keywords) -> dict
     precision_at_k(scores, relevant, k) -> [K];  equal_error_rate(scores, relevant) -> [K]
-    concept_scores(concepts [K, D], audio [N, D, T], nframes [N]) -> [K, N]
+    concept_scores(concepts [K, D] or [K, N, D], audio [N, D, T], nframes [N]) -> [K, N]
 """
 
 from __future__ import annotations
@@ -115,18 +115,25 @@ def concept_scores(concepts: Tensor, audio: Tensor, nframes: Tensor | None = Non
     """Best matchmap evidence [K, N]: ``max_t <concepts[k], audio[n, :, t]>`` over caption n's valid frames.
 
     Args:
-        concepts: [K, D] image-side concept vectors.
+        concepts: [K, D] image-side concept vectors, or [K, N, D], one per caption (e.g. leaving the caption's own
+            image out of the concept).
         audio: [N, D, T] frame maps of the captions.
         nframes: [N] valid frames (default: all T).
     """
-    if concepts.dim() != 2 or audio.dim() != 3 or concepts.size(1) != audio.size(1):
-        raise ValueError(f"concept_scores: need concepts [K, D] and audio [N, D, T], got {tuple(concepts.shape)} and "
-                         f"{tuple(audio.shape)}")
+    per_caption = concepts.dim() == 3
+    if concepts.dim() not in (2, 3) or audio.dim() != 3 or concepts.size(-1) != audio.size(1) or (
+            per_caption and concepts.size(1) != audio.size(0)):
+        raise ValueError(f"concept_scores: need concepts [K, D] or [K, N, D] and audio [N, D, T], got "
+                         f"{tuple(concepts.shape)} and {tuple(audio.shape)}")
     N, _, T = audio.shape
     valid = torch.ones(N, T, dtype=torch.bool) if nframes is None else (
         torch.arange(T)[None, :] < torch.as_tensor(nframes).long().cpu().clamp(1, T)[:, None])
     out = []
-    for a, m in zip(audio.split(chunk_size), valid.split(chunk_size)):
-        mm = torch.einsum("kd,ndt->knt", concepts.to(a.dtype), a)
+    for start in range(0, N, chunk_size):
+        a, m = audio[start: start + chunk_size], valid[start: start + chunk_size]
+        if per_caption:
+            mm = torch.einsum("knd,ndt->knt", concepts[:, start: start + chunk_size].to(a.dtype), a)
+        else:
+            mm = torch.einsum("kd,ndt->knt", concepts.to(a.dtype), a)
         out.append(mm.masked_fill(~m.to(mm.device)[None], float("-inf")).amax(-1))
     return torch.cat(out, 1)

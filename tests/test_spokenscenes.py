@@ -19,6 +19,7 @@ from datamodules.spokenscenes.oracle import expected_recall, oracle_on_split, te
 from datamodules.spokenscenes.scenes import draw_scene
 from datamodules.spokenscenes.speech import (
     _align_to_lexicon,
+    _token_phones,
     resample,
     speak,
     synthesize,
@@ -302,6 +303,17 @@ def test_phoneme_events_leave_the_audio_unchanged():
     names = [n for _, _, n in timed.phonemes if not n.startswith("_")]
     assert len(names) > 20 and [ms for _, ms, _ in timed.phonemes] == sorted(ms for _, ms, _ in timed.phonemes)
     assert timed.lexicon["the"] in (["D", "@"], ["D", "@2"])  # stress marks removed
+
+
+def test_phoneme_positions_map_to_tokens():
+    tokens = ["a", "um", "huge"]
+    text = "a um, huge"  # tokens at characters 1, 3, 7 (1-based)
+    events = [(1, 0, "a#"), (3, 50, "'V"), (3, 90, "m"), (5, 130, "_:"), (6, 200, "j"), (7, 240, "u:"),
+              (7, 300, "dZ")]
+    phones = _token_phones(tokens, [1, 3, 7], events, {}, text, 400.0)
+    # the pause is dropped; 'j' at character 6 (the space after the comma) belongs to "huge"; stress marks go
+    assert phones == [("a#", 0.0, 50.0, 0), ("V", 50.0, 90.0, 1), ("m", 90.0, 130.0, 1), ("j", 200.0, 240.0, 2),
+                      ("u:", 240.0, 300.0, 2), ("dZ", 300.0, 400.0, 2)]
 
 
 def test_joined_words_split_their_phonemes_by_the_lexicon():

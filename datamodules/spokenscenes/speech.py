@@ -355,17 +355,18 @@ def _token_phones(tokens: list[str], starts: list[int], phonemes: list[tuple[int
 
     A phoneme ends where the next phoneme event (a pause included) starts, the last at `end_ms`; pauses
     (names starting with `_`) are dropped and stress marks removed. Phonemes carry the character position of
-    their word event; the phonemes of a word joined to the one before ("in the") are split between the two by
-    `_align_to_lexicon`."""
-    token_at = {p: i for i, p in enumerate(starts)}
+    their word event (1-based; a position in the gap before a token counts for that token); the phonemes of a word
+    joined to the one before ("in the") are split between the two by `_align_to_lexicon`."""
+    # a position inside a token is that token's; one in the spaces or punctuation before a token (espeak sometimes
+    # points there after a comma) is the next token's
+    token_ends = np.array([p + len(t) for p, t in zip(starts, tokens)])
     ends = [ms for _, ms, _ in phonemes[1:]] + [end_ms]
     phones: list[tuple[str, float, float, int]] = []
     for (pos, ms, name), end in zip(phonemes, ends):
         if name.startswith("_") or not name.strip(_STRESS_MARKS):
             continue
-        if pos not in token_at:
-            raise RuntimeError(f"espeak phoneme {name!r} at character {pos} is at no token of {text!r} ({starts})")
-        phones.append((name.lstrip(_STRESS_MARKS), float(ms), float(end), token_at[pos]))
+        token = min(int(np.searchsorted(token_ends, pos, side="right")), len(tokens) - 1)
+        phones.append((name.lstrip(_STRESS_MARKS), float(ms), float(end), token))
     # a token with no phoneme of its own was joined to the last one before it that has some
     has = sorted({t for *_, t in phones})
     for j, t in enumerate(has):

@@ -210,8 +210,8 @@ def test_metric_in_shuffled_batches_equals_direct(kind, group_by_image):
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
 def test_metric_drops_duplicate_indices_and_resets():
     split = make_split()
-    metric = RetrievalRecallMetric("MISA", ks=KS, chunk_size=40)
-    expected = direct(split, "MISA", 40)
+    metric = RetrievalRecallMetric("MISA", ks=KS, chunk_size=40)  # grouped by image_id, the default
+    expected = direct(split, "MISA", 40, group_by_image=True)
     for idx in (torch.tensor([3, 0, 1, 2]), torch.tensor([4, 5, 6, 7, 8]), torch.tensor([9, 10, 0, 1])):
         metric.update(*batch_of(split, idx, extra_pad=1))
     assert_same(metric.compute(), expected)
@@ -219,7 +219,7 @@ def test_metric_drops_duplicate_indices_and_resets():
     metric.reset()
     other = make_split(seed=5)
     metric.update(*batch_of(other, torch.arange(11), extra_pad=0))
-    assert_same(metric.compute(), direct(other, "MISA", 40))
+    assert_same(metric.compute(), direct(other, "MISA", 40, group_by_image=True))
     metric.reset()
     with pytest.raises(RuntimeError, match="before any update"):
         metric.compute()
@@ -247,8 +247,8 @@ def test_metric_stores_packed_frames_and_float32():
     metric.update(image.bfloat16(), audio.bfloat16(), nframes, index, image_id)
     assert metric.audio[0].shape == (int(nframes.sum()), 4)
     assert metric.audio[0].dtype == metric.image[0].dtype == torch.float32
-    with pytest.raises(ValueError, match="needs image_id"):
-        RetrievalRecallMetric("MISA", group_by_image=True).update(image, audio, nframes, index)
+    with pytest.raises(ValueError, match="must give image_id, or none"):
+        metric.update(image, audio, nframes, index)  # the first update had image ids
     with pytest.raises(ValueError, match="nframes must be 4 counts"):
         metric.update(image, audio, nframes + 100, index)
 

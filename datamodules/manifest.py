@@ -81,7 +81,8 @@ class Manifest:
         groups = self.images
         if self.image_keys is not None:
             # "k:" and "p:" keep an id from ever meeting a path of the same spelling.
-            groups = np.where(self.image_keys != b"", np.char.add(b"k:", self.image_keys), np.char.add(b"p:", self.images))
+            keyed = np.char.add(b"k:", self.image_keys)
+            groups = np.where(self.image_keys != b"", keyed, np.char.add(b"p:", self.images))
         _, inverse = np.unique(groups, return_inverse=True)
         self.image_id = inverse.astype(np.int64).reshape(-1)
         if self.image_keys is not None:

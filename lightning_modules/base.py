@@ -176,7 +176,8 @@ class RetrievalModule(VGSModule):
     Validation and test gather every rank's outputs in a ``RetrievalRecallMetric``, drop the duplicates that
     DistributedSampler adds, and rank the whole split at once, so the logged recall is the same on 1 or 8
     GPUs. A split with several captions per image is ranked over its unique images (SpeechCLIP / FaST-VGS
-    protocol, see ``RetrievalRecallMetric``), and the image net runs once per distinct image of each batch. ``val/mean_R@10`` (the mean of both directions) is what checkpoints are selected on, as in the
+    protocol, see ``RetrievalRecallMetric``), and the image net runs once per distinct image of each batch.
+    ``val/mean_R@10`` (the mean of both directions) is what checkpoints are selected on, as in the
     official code.
 
     Args:

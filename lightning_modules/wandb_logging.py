@@ -105,8 +105,8 @@ class WandbDashboard(Callback):
         top = S.t().topk(k, dim=1).indices  # [captions, k] image rows
         rows = []
         for q in range(min(self.n_queries, S.shape[1])):
-            thumbs = [wandb.Image(display_image(trainer, dataset[image_index[r]]["image"]).permute(1, 2, 0).cpu().numpy())
-                      for r in top[q].tolist()]
+            thumbs = [wandb.Image(display_image(trainer, dataset[image_index[r]]["image"]).permute(1, 2, 0).cpu()
+                                  .numpy()) for r in top[q].tolist()]
             hit = own_row[q] in top[q].tolist()
             rows.append([self._text(dataset, caption_index[q]), hit, *thumbs])
         columns = ["caption", f"hit@{k}", *[f"top{r + 1}" for r in range(k)]]

@@ -17,9 +17,9 @@ Several captions per image (Flickr8k, SpokenCOCO: an epoch iterates captions, so
 of one image): with ``image_ids`` [B], no item of the anchor's own image is ever a negative. Sampled impostors
 are drawn only among other-image items, the semi-hard and all-negatives masks leave same-image pairs out, and
 the InfoNCE denominators leave out the other copies of the anchor's image. An anchor whose batch holds no item
-of another image has no negative: its terms are left out of the mean, and a batch of a single image gives a
-loss of 0 (with zero gradients). ``image_ids=None`` (or a batch of distinct images) is the papers' loss, with
-the same random draws.
+of another image has no negative, which happens only when every item of the batch shows that one image: the
+loss of such a batch is 0 (with zero gradients; use ``drop_last`` or shuffling so that it stays rare).
+``image_ids=None`` (or a batch of distinct images) is the papers' loss, with the same random draws.
 
 References: Harwath et al., ECCV 2018, arXiv:1804.01452 (sampled margin rank loss; official code
 dharwath/DAVEnet-pytorch ``steps/util.py``); Harwath, Hsu, Glass, ICLR 2020, arXiv:1911.09602 and Hsu,

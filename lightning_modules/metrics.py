@@ -46,15 +46,18 @@ def first_of_each(ids: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _unpack_frames(packed: Tensor, nframes: Tensor, select: Tensor) -> Tensor:
-    """Items ``select`` of packed frames [sum(nframes), D] (item after item) as a zero-padded [len(select), D, T]."""
+    """Items ``select`` of packed frames [sum(nframes), D] (item after item) as a zero-padded [len(select), D, T].
+
+    Written straight into the padded tensor: besides it, only the selected frames are copied once (a
+    SpokenCOCO test split holds 25,000 x 1024 x 64 padded floats, 6.6 GB)."""
     start = torch.cumsum(nframes, 0) - nframes
     lengths = nframes[select]
     T = int(lengths.max())
     t = torch.arange(T, device=packed.device)
-    valid = t[None, :] < lengths[:, None]
-    source = (start[select][:, None] + t[None, :]).clamp(max=packed.size(0) - 1)
-    frames = packed[source] * valid[..., None].to(packed.dtype)  # [M, T, D]
-    return frames.transpose(1, 2).contiguous()
+    valid = t[None, :] < lengths[:, None]  # [M, T]
+    frames = packed.new_zeros(select.numel(), packed.size(1), T)
+    frames.transpose(1, 2)[valid] = packed[(start[select][:, None] + t[None, :])[valid]]
+    return frames
 
 
 class RetrievalRecallMetric(Metric):
@@ -226,8 +229,10 @@ class RetrievalRecallMetric(Metric):
         row_of_sorted_key = torch.argsort(row_order)
         caption_image = row_of_sorted_key[torch.searchsorted(image_key[chosen], caption_key[select])]
 
+        if not torch.equal(rows, torch.arange(rows.numel(), device=rows.device)):
+            image = image[rows]  # a copy, needed only when batches came out of order or with DDP's repeats
         with torch.autocast(device_type=image.device.type, enabled=False):
-            S = similarity_matrix(image[rows], audio_sel, nframes_sel, self.similarity_kind, self.chunk_size)
+            S = similarity_matrix(image, audio_sel, nframes_sel, self.similarity_kind, self.chunk_size)
         values = retrieval_metrics(S, self.ks, caption_image=caption_image)
         self.last_similarity, self.last_indices = S.detach(), index[select].detach()
         self.last_image_indices, self.last_caption_image = image_first[rows].detach(), caption_image.detach()

@@ -96,9 +96,9 @@ class SpokenSearchWriter(BasePredictionWriter):
                 item = {"index": idx, "image_id": int(p["image_id"][b]) if p.get("image_id") is not None else idx}
                 for key in ("image_out", "audio_out", "logits"):
                     if p.get(key) is not None:
-                        item[key] = p[key][b]
-                if p.get("image_rows") is not None:  # image_out holds the batch's distinct images
-                    item["image_out"] = p["image_out"][int(p["image_rows"][b])]
+                        # with image_rows, image_out holds the batch's distinct images only
+                        row = int(p["image_rows"][b]) if key == "image_out" and p.get("image_rows") is not None else b
+                        item[key] = p[key][row]
                 if p.get("nframes") is not None:
                     item["nframes"] = int(p["nframes"][b])
                     item["audio_out"] = item["audio_out"][..., : item["nframes"]]

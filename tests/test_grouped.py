@@ -260,3 +260,29 @@ def test_a_batch_of_one_image_has_no_negatives_and_a_zero_loss():
         assert loss.item() == 0.0, type(module).__name__
         grads = torch.autograd.grad(loss, (image, audio), allow_unused=True)
         assert all(gr is None or not gr.any() for gr in grads)
+
+
+def test_spoken_search_ranks_follow_the_metric():
+    from lightning_modules.search import SpokenSearchWriter
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    base = torch.randn(3, 4, generator=g).round()  # ties
+    audio = torch.randn(7, 4, generator=g).round()
+    first, rows = first_of_each(ids[:4])  # two predict batches, images de-duplicated in each
+    first2, rows2 = first_of_each(ids[4:])
+    preds = [{"image_out": base[ids[:4]][first], "image_rows": rows, "audio_out": audio[:4], "nframes": None,
+              "index": torch.arange(4), "image_id": ids[:4]},
+             {"image_out": base[ids[4:]][first2], "image_rows": rows2, "audio_out": audio[4:], "nframes": None,
+              "index": torch.arange(4, 7), "image_id": ids[4:]}]
+    result = SpokenSearchWriter(top_k=2, direction="both")._retrieval(preds, None, "dot")
+    S = base @ audio.t()
+    expected_a2i = [torch.sort(S[:, j], descending=True, stable=True).indices.tolist().index(int(ids[j])) + 1
+                    for j in range(7)]
+    assert [q["own_image_rank"] for q in result["a2i"]] == expected_a2i
+    expected_i2a = []
+    for r in range(3):
+        order = torch.sort(S[r], descending=True, stable=True).indices.tolist()
+        expected_i2a.append(next(p for p, c in enumerate(order) if int(ids[c]) == r) + 1)
+    assert [q["own_caption_rank"] for q in result["i2a"]] == expected_i2a
+    assert len(result["i2a"]) == 3 and [q["query"]["index"] for q in result["i2a"]] == [0, 2, 5]

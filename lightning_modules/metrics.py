@@ -83,8 +83,9 @@ class RetrievalRecallMetric(Metric):
     Audio frame maps are stored packed, only their valid frames ([sum T_valid, D] plus nframes), because
     batches pad to their own longest caption and so differ in T'. Half-precision outputs are stored as
     float32 so that ranking does not suffer from bfloat16 ties. Memory: 1000 full-size DAVEnet images
-    (1024 x 14 x 14, float32) take 0.8 GB (SpokenCOCO's 5,000 test images 4 GB, its 25,000 captions of 64
-    output frames 6.6 GB); pass ``compute_on_cpu=True`` to keep the states in host memory.
+    (1024 x 14 x 14, float32) take 0.8 GB (SpokenCOCO's 5,000 test images 4 GB, its 25,000 captions of on
+    average 38 valid output frames 3.9 GB); ``compute`` concatenates the states once more and unpacks
+    ``caption_block`` captions at a time. Pass ``compute_on_cpu=True`` to keep the states in host memory.
 
     Args:
         similarity_kind: "dot", "SISA", "MISA" or "SIMA" (see ``similarity_matrix``).
@@ -93,6 +94,9 @@ class RetrievalRecallMetric(Metric):
         group_by_image: rank unique images when ``update`` gets ``image_id`` (the default); False ranks one
             image row per caption (the official one-positive protocol). Without ``image_id`` every caption is
             its own image either way.
+        caption_block: captions unpacked and scored at once in ``compute`` (their zero-padded frames,
+            caption_block x D x T', are the one copy of the audio it makes); a split of up to this many captions
+            is scored in one ``similarity_matrix`` call.
         **kwargs: torchmetrics ``Metric`` options (``compute_on_cpu``, ``process_group``, ...).
     """
 
@@ -111,9 +115,13 @@ class RetrievalRecallMetric(Metric):
         ks: Sequence[int] = (1, 5, 10),
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         group_by_image: bool = True,
+        caption_block: int = 8192,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if caption_block < 1:
+            raise ValueError(f"caption_block must be >= 1, got {caption_block}")
+        self.caption_block = caption_block
         if similarity_kind not in SIMILARITY_KINDS:
             raise ValueError(f"similarity_kind must be one of {SIMILARITY_KINDS}, got {similarity_kind!r}")
         self.similarity_kind = similarity_kind
@@ -211,11 +219,6 @@ class RetrievalRecallMetric(Metric):
                                                                          self.caption_key))
         image, image_key, image_first = (dim_zero_cat(x) for x in (self.image, self.image_key, self.image_first))
         select = one_per_index(index)  # one copy per caption, in dataset order
-        frames = _unpack_frames(audio, nframes, select)  # [M, D, T]
-        if self.similarity_kind == "dot":
-            audio_sel, nframes_sel = frames[..., 0], None
-        else:
-            audio_sel, nframes_sel = frames, nframes[select]
 
         # One feature map per image id: the copy registered with the image's first caption (DDP pads the ranks
         # with repeated items, and an image can occur in several batches). Rows in order of first caption.
@@ -229,10 +232,22 @@ class RetrievalRecallMetric(Metric):
         row_of_sorted_key = torch.argsort(row_order)
         caption_image = row_of_sorted_key[torch.searchsorted(image_key[chosen], caption_key[select])]
 
-        if not torch.equal(rows, torch.arange(rows.numel(), device=rows.device)):
-            image = image[rows]  # a copy, needed only when batches came out of order or with DDP's repeats
-        with torch.autocast(device_type=image.device.type, enabled=False):
-            S = similarity_matrix(image, audio_sel, nframes_sel, self.similarity_kind, self.chunk_size)
+        if rows.numel() != image.size(0) or not torch.equal(rows, torch.arange(rows.numel(), device=rows.device)):
+            image = image[rows]  # a copy; not needed when every image was stored once, in order
+        # Captions are unpacked (zero-padded) and scored a block at a time, so the padded copy stays bounded.
+        columns = []
+        for c0 in range(0, select.numel(), self.caption_block):
+            block = select[c0 : c0 + self.caption_block]
+            frames = _unpack_frames(audio, nframes, block)  # [m, D, T]
+            if self.similarity_kind == "dot":
+                audio_block, nframes_block = frames[..., 0], None
+            else:
+                audio_block, nframes_block = frames, nframes[block]
+            with torch.autocast(device_type=image.device.type, enabled=False):
+                columns.append(similarity_matrix(image, audio_block, nframes_block, self.similarity_kind,
+                                                 self.chunk_size))
+            del frames, audio_block
+        S = columns[0] if len(columns) == 1 else torch.cat(columns, dim=1)
         values = retrieval_metrics(S, self.ks, caption_image=caption_image)
         self.last_similarity, self.last_indices = S.detach(), index[select].detach()
         self.last_image_indices, self.last_caption_image = image_first[rows].detach(), caption_image.detach()

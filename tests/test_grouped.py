@@ -286,3 +286,23 @@ def test_spoken_search_ranks_follow_the_metric():
         expected_i2a.append(next(p for p, c in enumerate(order) if int(ids[c]) == r) + 1)
     assert [q["own_caption_rank"] for q in result["i2a"]] == expected_i2a
     assert len(result["i2a"]) == 3 and [q["query"]["index"] for q in result["i2a"]] == [0, 2, 5]
+
+
+def test_an_image_split_across_two_batches_is_one_row():
+    # captions A A A B | B, in order: B is stored by both batches and must stay one image row
+    g = torch.Generator().manual_seed(4)
+    ids = torch.tensor([7, 7, 7, 9, 9])
+    base = torch.randn(2, 4, 3, 2, generator=g)
+    image = base[(ids == 9).long()]
+    audio, nframes = torch.randn(5, 4, 6, generator=g), torch.randint(1, 7, (5,), generator=g)
+    for caption_block in (8192, 2):  # one similarity_matrix call, or blocks of 2 captions
+        metric = RetrievalRecallMetric("MISA", caption_block=caption_block)
+        for idx in (torch.arange(4), torch.tensor([4])):
+            first, rows = first_of_each(ids[idx])
+            metric.update(image[idx][first], audio[idx], nframes[idx], idx, ids[idx], image_rows=rows)
+        got = metric.compute()
+        assert metric.last_similarity.shape == (2, 5) and metric.last_caption_image.tolist() == [0, 0, 0, 1, 1]
+        S = similarity_matrix(base, audio, nframes, "MISA")
+        assert torch.allclose(metric.last_similarity, S, atol=1e-6)
+        expected = brute_force(metric.last_similarity, metric.last_caption_image, ks=(1, 5, 10))
+        assert {k: float(v) for k, v in got.items()} == pytest.approx(expected, abs=1e-12)

@@ -19,6 +19,7 @@ from official_layouts import bn_shapes, resdavenet_audio_shapes
 
 from lightning_modules.convert import ConversionError, convert, load_official, main, match_keys
 from lightning_modules.core.similarity import similarity_matrix
+from lightning_modules.core.weights import WeightsFileError
 from lightning_modules.davenet import DAVEnet
 from lightning_modules.nets import DAVEnetAudioNet, ResDAVEnetAudioNet, ResNet50Image, VGG16ConvImage
 from lightning_modules.resdavenet import ResDAVEnet
@@ -448,10 +449,10 @@ def test_convert_stores_only_plain_overrides(davenet_case, tmp_path):
 def test_unreadable_files(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     torch.save(vgg16_sd(), tmp_path / "image.pth")
-    with pytest.raises(ConversionError, match=r"notes\.txt: not a readable torch state dict"):
+    with pytest.raises(WeightsFileError, match=r"audio file \S*notes\.txt: not a torch file"):
         convert("davenet-pytorch", tmp_path / "notes.txt", tmp_path / "image.pth", tmp_path / "o.ckpt")
     torch.save({"state_dict": davenet_audio_sd(), "epoch": 3}, tmp_path / "lightning.ckpt")
-    with pytest.raises(ConversionError, match=r"lightning\.ckpt: expected a state dict.*Lightning checkpoint"):
+    with pytest.raises(WeightsFileError, match=r"lightning\.ckpt: expected a state dict.*Lightning checkpoint"):
         convert("davenet-pytorch", tmp_path / "lightning.ckpt", tmp_path / "image.pth", tmp_path / "o.ckpt")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         convert("davenet-pytorch", tmp_path / "nope.pth", tmp_path / "image.pth", tmp_path / "o.ckpt")

@@ -161,7 +161,7 @@ class PlaceClassifier(VGSModule):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self.last_val_metrics = self._log_accuracy(self.val_acc, "val")
+        self._log_accuracy(self.val_acc, "val")
 
     def on_test_epoch_end(self) -> None:
         self.last_test_metrics = self._log_accuracy(self.test_acc, "test")

@@ -51,14 +51,11 @@ import torch
 from torch import Tensor, nn
 
 from .base import RetrievalModule
+from .checkpoints import CLI_INSTANTIATOR
 from .core.similarity import SIMILARITY_KINDS
 from .core.weights import as_state_dict, read_state_dict
 from .davenet import DAVEnet
 from .resdavenet import ResDAVEnet
-
-# How LightningCLI itself marks a checkpoint's hyperparameters (pytorch_lightning.cli._InstantiatorFn):
-# `load_from_checkpoint` then rebuilds the class through jsonargparse, and `cli.py --ckpt_path` reads them back.
-CLI_INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
 
 VQ_KEY = re.compile(r"^quant\d+\.")
 STAGE_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from official_layouts import bn_shapes, resdavenet_audio_shapes
 
-from lightning_modules.convert import ConversionError, convert, load_official, main, match_keys
+from lightning_modules.convert import SOURCES, ConversionError, convert, load_official, main, match_keys
 from lightning_modules.core.similarity import similarity_matrix
 from lightning_modules.core.weights import WeightsFileError
 from lightning_modules.davenet import DAVEnet
@@ -273,7 +273,8 @@ def test_davenet_matches_official_forward_and_direct_load(davenet_case):
     # Our plain nets loaded directly with the same weights agree too.
     audio_net, image_net = DAVEnetAudioNet(EMB).eval(), VGG16ConvImage(EMB).eval()
     audio_net.load_state_dict(_strip(davenet_case["audio"]))
-    image_net.load_state_dict(VGG16ConvImage.convert_official_state_dict(davenet_case["image"]))
+    image_renames = SOURCES["davenet-pytorch"].image_renames
+    image_net.load_state_dict(match_keys(image_net, _strip(davenet_case["image"]), image_renames, "image"))
     with torch.no_grad():
         torch.testing.assert_close(audio_out, audio_net(audio, nframes))
         torch.testing.assert_close(image_out, image_net(image))

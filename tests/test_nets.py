@@ -10,6 +10,7 @@ import torchvision
 from official_layouts import resdavenet_audio_shapes
 from torch import nn
 
+from lightning_modules.convert import SOURCES, match_keys, strip_dataparallel
 from lightning_modules.nets import (
     RESDAVENET_RELEASED_WIDTHS,
     ACL2017AudioNet,
@@ -361,7 +362,8 @@ def test_vgg16_conv_image_official_and_torchvision_keys(tv_vgg16):
         c_in = c
     official["module.image_model.30.weight"] = torch.randn(1024, 512, 3, 3)
     official["module.image_model.30.bias"] = torch.randn(1024)
-    converted = VGG16ConvImage.convert_official_state_dict(official)
+    renames = SOURCES["davenet-pytorch"].image_renames  # the converter's mapping
+    converted = match_keys(net, strip_dataparallel(official)[0], renames, "official VGG16")
     net.load_state_dict(converted, strict=True)
     torch.testing.assert_close(net.embedder.weight, official["module.image_model.30.weight"])
     torch.testing.assert_close(net.features[28].bias, official["module.image_model.28.bias"])
@@ -406,15 +408,15 @@ def test_pretrained_resnet18_preset_from_local_file(tmp_path):
 
 
 def test_pretrained_bad_files_give_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="pretrained weights file .*nope.pth: no such file"):
         ResNet50Image(pretrained=str(tmp_path / "nope.pth"))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pth: not a readable torch state dict"):
+    with pytest.raises(ValueError, match="junk.pth: not a torch file"):
         ResNet50Image(pretrained=str(junk))
     not_a_dict = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], not_a_dict)
-    with pytest.raises(ValueError, match="list.pth: expected a torchvision-format state dict"):
+    with pytest.raises(ValueError, match="list.pth: expected a state dict"):
         VGG16ConvImage(pretrained=str(not_a_dict))
     wrong_arch = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), wrong_arch)

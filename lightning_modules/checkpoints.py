@@ -2,8 +2,9 @@
 (``load_retrieval_checkpoint``), or only an audio net's weights for a warm start (``load_audio_encoder``).
 
 Both read the file once, with ``core.weights.read_weights`` (``torch.load(weights_only=True)``): checkpoints written
-by ``cli.py`` and by the converter hold tensors and plain hyperparameters only, and a file that holds anything else
-is refused with an error naming it. (``--ckpt_path`` of ``cli.py`` keeps Lightning's own loader.)
+by ``cli.py`` and by the converter hold tensors and plain hyperparameters only; those of a module built in Python
+may also hold its audio net or loss (``allow_modules``). A file that holds anything else is refused with an error
+naming it. (``--ckpt_path`` of ``cli.py`` keeps Lightning's own loader.)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ CLI_INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """A Lightning checkpoint (a dict with ``state_dict``) read safely; a clear error naming the file otherwise."""
-    ckpt = read_weights(path, "checkpoint", map_location)
+    ckpt = read_weights(path, "checkpoint", map_location, allow_modules=True)
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise WeightsFileError(f"checkpoint {os.fspath(path)}: not a Lightning checkpoint (no 'state_dict')")
     return dict(ckpt)
@@ -39,7 +40,7 @@ def load_audio_encoder(audio_net: nn.Module, ckpt_path: str | os.PathLike) -> No
     warm-up, ``model.audio_net.*`` under ``state_dict``) or a bare state dict of the audio net itself.
     """
     name = f"audio_encoder_ckpt {os.fspath(ckpt_path)}"
-    ckpt = read_weights(ckpt_path, "audio_encoder_ckpt")
+    ckpt = read_weights(ckpt_path, "audio_encoder_ckpt", allow_modules=True)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):
         raise WeightsFileError(f"{name}: holds no state dict")

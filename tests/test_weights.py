@@ -159,3 +159,41 @@ def test_missing_file_and_good_files(tmp_path):
     torch.save({"state_dict": {"w": torch.ones(1)}, "epoch": 3}, tmp_path / "lightning.ckpt")
     with pytest.raises(WeightsFileError, match=r"state_dict, epoch are not tensors \(a Lightning checkpoint"):
         read_state_dict(tmp_path / "lightning.ckpt")
+
+
+# ---- checkpoints of modules built in Python --------------------------------------------------------------------
+class MyLoss(torch.nn.Module):
+    """A user's own loss: not one of the project's classes."""
+
+    def forward(self, image_out, audio_out, nframes, kind):
+        return image_out.sum() * 0
+
+
+def _python_checkpoint(module, path):
+    """What Lightning writes for a module built in Python: its hparams hold the nn.Module arguments themselves."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def test_checkpoints_of_modules_built_in_python_load_with_their_audio_net_and_loss(tmp_path):
+    from lightning_modules import DAVEnet, PlaceClassifier
+    from lightning_modules.checkpoints import load_audio_encoder, load_retrieval_checkpoint
+    from lightning_modules.core.losses import InfoNCELoss
+    from lightning_modules.nets import DAVEnetAudioNet
+
+    torch.manual_seed(0)
+    warm = PlaceClassifier(DAVEnetAudioNet(embedding_dim=16, width_mult=0.06), n_places=3)
+    assert isinstance(warm.hparams.audio_net, DAVEnetAudioNet)  # pickled whole into the checkpoint
+    target = DAVEnetAudioNet(embedding_dim=16, width_mult=0.06)
+    load_audio_encoder(target, _python_checkpoint(warm, tmp_path / "warm.ckpt"))
+    assert torch.equal(target.conv5.weight, warm.audio_net.conv5.weight)
+
+    tiny = dict(embedding_dim=16, audio_width_mult=0.06, image_width_mult=0.06)
+    model = DAVEnet(loss=InfoNCELoss(scale=20.0), **tiny)
+    loaded = load_retrieval_checkpoint(_python_checkpoint(model, tmp_path / "davenet.ckpt"), DAVEnet)
+    assert isinstance(loaded.loss, InfoNCELoss) and loaded.loss.scale == 20.0
+    assert torch.equal(loaded.image_net.embedder.weight, model.image_net.embedder.weight)
+
+    # any other class is refused, and the message lists what the file holds
+    with pytest.raises(UnsafeWeightsError, match=r"test_weights\.MyLoss"):
+        load_retrieval_checkpoint(_python_checkpoint(DAVEnet(loss=MyLoss(), **tiny), tmp_path / "mine.ckpt"), DAVEnet)

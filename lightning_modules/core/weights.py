@@ -17,6 +17,7 @@ Every failure names the file and the reason:
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 # torch.save writes a zip archive (since torch 1.6); its older format is a pickle that starts with torch's magic
 # number (PROTO 2, then a 10-byte LONG1), any other pickle with the PROTO opcode alone.
@@ -43,13 +44,18 @@ class UnsafeWeightsError(WeightsFileError):
     """A weights file whose pickle holds Python objects that ``torch.load(weights_only=True)`` refuses."""
 
 
-def read_weights(path: str | os.PathLike, what: str = "weights file", map_location: Any = "cpu") -> Any:
+def read_weights(
+    path: str | os.PathLike, what: str = "weights file", map_location: Any = "cpu", allow_modules: bool = False
+) -> Any:
     """The object saved in ``path`` with ``torch.save``, read with ``weights_only=True``.
 
     Args:
         path: the file.
         what: what the file is for, to start every error message (e.g. ``"audio_encoder_ckpt"``).
         map_location: as in ``torch.load``.
+        allow_modules: also allow the pickled audio nets and losses of this project and the ``torch.nn`` layers
+            inside them (in a zip archive, as torch.save writes): the hyperparameters of a checkpoint of a module
+            built in Python.
 
     Raises:
         FileNotFoundError: no such file.
@@ -78,8 +84,9 @@ def read_weights(path: str | os.PathLike, what: str = "weights file", map_locati
         with zipfile.ZipFile(path) as archive:
             if not any(n.endswith("data.pkl") for n in archive.namelist()):
                 raise WeightsFileError(f"{name}: not a torch file (a zip archive without torch.save's data.pkl)")
+    allowed = _allowed_modules(path) if allow_modules and is_zip else []
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(allowed):
             # plain pickles of protocol 4 or 5 load fine; torch only notes that it writes protocol 2
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -114,6 +121,33 @@ def as_state_dict(state: Any, name: str) -> dict[str, Tensor]:
     return dict(state)
 
 
+# Where the nn.Module classes that allow_modules lets through are defined: the audio nets and losses a module takes
+# as arguments, and torch's layers inside them. Not the image nets, whose `pretrained` reads files or the network.
+MODULE_PACKAGES = ("lightning_modules.nets.", "lightning_modules.core.losses.", "torch.nn.modules.")
+NOT_ALLOWED = ("lightning_modules.nets.image.",)
+
+
+def _allowed_modules(path: str) -> list[type]:
+    """The nn.Module classes of MODULE_PACKAGES that the archive's pickle names (none if it names anything else)."""
+    try:  # reads the pickle's opcodes without running them
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return []
+    classes = []
+    for name in names:
+        if not name.startswith(MODULE_PACKAGES) or name.startswith(NOT_ALLOWED):
+            return []  # one unknown global and the file is refused as a whole, listing everything it holds
+        module_name, _, attr = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr, None)
+        except ImportError:
+            return []
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            return []
+        classes.append(cls)
+    return classes
+
+
 def _refused_globals(path: str, is_zip: bool, message: str) -> list[str]:
     """The classes and functions a refused pickle would import (empty if the error was not a refusal)."""
     names: list[str] = []
@@ -128,16 +162,10 @@ def _refused_globals(path: str, is_zip: bool, message: str) -> list[str]:
 
 
 def _refusal(name: str, refused: list[str]) -> str:
-    ours = any(n.startswith("lightning_modules.") for n in refused)
-    hint = (
-        " A LightningModule built in Python with a module argument (e.g. loss=InfoNCELoss()) pickles that module "
-        "into its checkpoint's hyperparameters; checkpoints written by cli.py store its class_path config instead."
-        if ours else ""
-    )
     return (
         f"{name}: refusing to unpickle arbitrary code. Besides tensors and plain values the file holds pickled "
         f"Python objects ({', '.join(refused)}); unpickling them would import and call that code, so "
-        f"torch.load(weights_only=True) refuses the file.{hint} If you trust the file and where it came from, "
+        f"torch.load(weights_only=True) refuses the file. If you trust the file and where it came from, "
         "load it yourself with torch.load(path, weights_only=False) and save its tensors (e.g. the state_dict) "
         "with torch.save."
     )

@@ -240,7 +240,7 @@ def test_place_classifier_trains_and_reports_deduplicated_accuracy(tiny_data, tm
     model = PlaceClassifier(DAVEnetAudioNet(embedding_dim=16, width_mult=0.06), optimizer="adam", lr=1e-2,
                             lr_schedule="constant")
     rec = Recorder()
-    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[rec])
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[rec])
     trainer.fit(model, datamodule=dm)
     assert dm.n_places == 3 and model.hparams.n_places == 3  # from the data's label map
     assert rec.train[-1]["train/loss_epoch"] < rec.train[0]["train/loss_epoch"]  # it trains

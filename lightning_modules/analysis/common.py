@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from datamodules import PlacesAudioDataset
 from datamodules.alignment import item_alignment, item_id
+from datamodules.manifest import read_manifest_json, resolve_path
 from datamodules.places_audio import PlacesAudioCollate
 
 from ..checkpoints import load_retrieval_checkpoint
@@ -30,18 +31,11 @@ Segment = tuple[float, float, str]
 
 # ---- manifests -------------------------------------------------------------------------------------------------
 def read_manifest_entries(path: str | os.PathLike) -> tuple[list[dict], str | None]:
-    """The items of a manifest JSON and its mask folder (``mask_base_path`` joined to the manifest's folder)."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"analysis: cannot read manifest {path}: {err}") from err
-    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
-        raise ValueError(f"analysis: manifest {path} has no 'data' list")
-    base = raw.get("mask_base_path")
-    mask_root = None if base is None else os.path.join(os.path.dirname(os.path.abspath(path)), base)
-    return raw["data"], mask_root
+    """The items of a manifest (read and validated by ``datamodules``) and its mask folder (``mask_base_path``
+    resolved against the manifest's folder; None without one)."""
+    entries, top = read_manifest_json(path)
+    base = top.get("mask_base_path")
+    return entries, None if base is None else resolve_path(path, base)
 
 
 def uttid(entry: dict, index: int) -> str:
@@ -65,10 +59,12 @@ def alignments(entries: Sequence[dict], key: str, manifest: str, limit: int | No
 
 
 # ---- the model and one pass over the captions ----------------------------------------------------------------------
-def load_model(path: str) -> torch.nn.Module:
-    model = load_retrieval_checkpoint(path)
+def load_model(checkpoint) -> torch.nn.Module:
+    """The retrieval module of a checkpoint (a path, or the dict `read_checkpoint` gave), in eval mode."""
+    model = load_retrieval_checkpoint(checkpoint)
     if getattr(model, "audio_net", None) is None:
-        raise ValueError(f"{path}: the model has no audio_net")
+        name = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
+        raise ValueError(f"{name}: the model {type(model).__name__} has no audio_net")
     return model
 
 

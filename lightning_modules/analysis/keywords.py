@@ -24,6 +24,7 @@ from tqdm import tqdm
 from datamodules import PlacesAudioDataset
 from datamodules.places_audio import PlacesAudioCollate
 
+from ..checkpoints import read_checkpoint
 from ..core.localization import load_mask
 from ..core.units.keywords import concept_scores, keyword_spotting
 from .common import Timer, alignments, load_model, read_manifest_entries, table, write_report
@@ -61,10 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @torch.no_grad()
 def run(args: argparse.Namespace) -> dict:
     timer = Timer()
-    model = load_model(args.ckpt)
+    ckpt = read_checkpoint(args.ckpt)
+    model = load_model(ckpt)
     image_size = args.image_size
     if image_size is None:
-        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=False)
         image_size = int((ckpt.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
     entries, mask_root = read_manifest_entries(args.manifest)
     entries = entries[: args.limit]

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, Subset
 
 from datamodules import PlacesAudioDataset
 from datamodules.places_audio import PlacesAudioCollate
 
-from ..checkpoints import load_retrieval_checkpoint
+from ..checkpoints import load_retrieval_checkpoint, read_checkpoint
 from ..core.localization import REDUCTIONS, WORDS, heatmap_ap_iou, object_heatmaps, pointing_game
 from .common import read_manifest_entries, write_report
 
@@ -67,10 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, dict]:
     """Print (and optionally save) the localisation scores of ``args.ckpt`` on ``args.manifest``."""
-    model = load_retrieval_checkpoint(args.ckpt)
+    ckpt = read_checkpoint(args.ckpt)
+    model = load_retrieval_checkpoint(ckpt)
     image_size = args.image_size
     if image_size is None:
-        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=False)
         image_size = int((ckpt.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
     entries, mask_root = read_manifest_entries(args.manifest)
     dataset = PlacesAudioDataset(args.manifest, target_length=None, image_transform="resize", image_size=image_size)

@@ -17,6 +17,7 @@ from lightning_modules.core.localization import average_precision, best_iou
 from lightning_modules.core.units.abx import (
     AbxItems,
     abx_error_rates,
+    discriminable_items,
     dtw_distances,
     item_features,
     read_item_file,
@@ -469,6 +470,17 @@ def test_abx_oracles_one_hot_phones_score_zero_random_features_about_half():
              for k, (f, (_, t)) in enumerate(features.items())}
     chance = abx_error_rates(item_features(noise, items), items)
     assert abs(chance["abx_within"] - 0.5) < 0.1 and abs(chance["abx_across"] - 0.5) < 0.06
+
+
+def test_discriminable_items_keep_contexts_with_two_phones_capped_per_group():
+    phones = ["a"] * 6 + ["e"] * 2 + ["o"] * 3
+    contexts = [("k", "t")] * 8 + [("p", "s")] * 3  # (p, s) has only "o": no B for it
+    items = AbxItems([f"u{i}" for i in range(11)], np.zeros(11), np.ones(11), phones, [c[0] for c in contexts],
+                     [c[1] for c in contexts], ["s"] * 11)
+    assert discriminable_items(items).file == [f"u{i}" for i in range(8)]
+    capped = discriminable_items(items, max_per_group=3, seed=1)
+    assert Counter(capped.phone) == {"a": 3, "e": 2} and capped.file == sorted(capped.file, key=lambda f: int(f[1:]))
+    assert discriminable_items(items, max_per_group=3, seed=1).file == capped.file
 
 
 def test_triphone_items_and_item_files(tmp_path):

@@ -3,9 +3,10 @@
     python -m lightning_modules.analysis abx --ckpt demo.ckpt --manifest data/spokenscenes/test.json
     python -m lightning_modules.analysis abx --ckpt vq.ckpt --manifest ... --layer input --layer 3 --layer vq3
 
-Triphone items come from the manifest's ``phone_alignment`` (file = uttid, speaker = the item's speaker), at most
-``--max-items`` of them (a seeded random subset, 4000 by default: 500 SpokenScenes captions hold about 17,000), and
-can be saved as a ZeroSpeech ``.item`` file (``--item-file``). Every ``--layer`` (default: the input log-mel and every
+Triphone items come from the manifest's ``phone_alignment`` (file = uttid, speaker = the item's speaker). Only items
+whose context has two or more centre phones can be in a triplet; of those, at most ``--max-per-group`` (10) per
+(context, centre phone) group are drawn at random (500 SpokenScenes test captions: 18,425 triphones, 12,296 in such
+contexts, 5,572 after the cap). They can be saved as a ZeroSpeech ``.item`` file (``--item-file``). Every ``--layer`` (default: the input log-mel and every
 stage of the net, plus ``vq<k>``, the one-hot codes of each VQ position) is scored at its own frame rate by
 ``lightning_modules.core.units.abx.abx_error_rates`` (DTW over angular distances, within- and across-speaker error
 rates averaged as ZeroSpeech does); chance is 50%.
@@ -18,7 +19,7 @@ import argparse
 import numpy as np
 import torch
 
-from ..core.units.abx import abx_error_rates, item_features, triphone_items, write_item_file
+from ..core.units.abx import abx_error_rates, discriminable_items, item_features, triphone_items, write_item_file
 from ..core.units.features import frame_times, resolve_layer
 from .common import (
     Timer,
@@ -42,8 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a layer name or number, or vq<k> (one-hot codes of VQ position k); repeat for several "
                              "(default: all)")
     parser.add_argument("--item-file", default=None, help="also write the items as a ZeroSpeech .item file")
-    parser.add_argument("--max-items", type=int, default=4000,
-                        help="score a random subset of this many items (0: all; the DTW pairs grow with its square)")
+    parser.add_argument("--max-per-group", type=int, default=10,
+                        help="items per (context, centre phone) group, drawn at random (0: all; the DTW pairs of a "
+                             "context grow with the square of its items)")
+    parser.add_argument("--max-items", type=int, default=None, help="then at most this many items, at random")
     parser.add_argument("--max-gap", type=float, default=0.02, help="skip triphones with a longer pause inside")
     parser.add_argument("--distance", choices=("angular", "cosine", "euclidean"), default="angular")
     parser.add_argument("--seed", type=int, default=0)
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> dict:
     speakers = [str(e.get("speaker") or (e.get("caption") or {}).get("speaker") or "?") for e in entries]
     items = triphone_items(list(zip(files, speakers, phones)), max_gap=args.max_gap)
     n_all = len(items)
+    items = discriminable_items(items, args.max_per_group or None, seed=args.seed)
     if args.max_items and len(items) > args.max_items:
         pick = np.sort(np.random.default_rng(args.seed).choice(len(items), args.max_items, replace=False))
         items = items.subset(pick)
@@ -81,8 +85,8 @@ def run(args: argparse.Namespace) -> dict:
     report: dict = {"layers": {}, "abx_within_chance": 0.5, "abx_across_chance": 0.5, "n_items": len(items),
                     "n_items_all": n_all,
                     "manifest": args.manifest, "item_file": args.item_file}
-    print(f"ABX: {len(items)} triphone items of {len(entries)} captions ({args.manifest}, {n_all} items in all), "
-          f"{args.distance} DTW")
+    print(f"ABX: {len(items)} triphone items of {len(entries)} captions ({args.manifest}; {n_all} triphones, at most "
+          f"{args.max_per_group or 'all'} per context and centre phone), {args.distance} DTW")
     rows = []
     for name in layers + [f"vq{k}" for k in vq]:
         if name.startswith("vq") and name[2:].isdigit():

@@ -20,6 +20,7 @@ A, phone of B) for across; then the mean over the contexts; then over the speake
 phone pairs. The error rate is 1 - that mean (ZeroSpeech prints it in percent).
 
     items = triphone_items([(file, speaker, phones), ...]);  write_item_file(path, items)
+    items = discriminable_items(items, max_per_group=10)     items that can be in a triplet, capped per group
     abx_error_rates(features, items) -> {"abx_within", "abx_across", ...}
     dtw_distances(seqs, pairs) -> [P]   batched DTW, any number of pairs
 
@@ -90,6 +91,27 @@ def triphone_items(utterances: Sequence[tuple[str, str, Sequence[tuple[float, fl
     return AbxItems(cols["file"], np.array(cols["onset"], dtype=np.float64),
                     np.array(cols["offset"], dtype=np.float64), cols["phone"], cols["prev"], cols["next"],
                     cols["speaker"])
+
+
+def discriminable_items(items: AbxItems, max_per_group: int | None = None, seed: int = 0) -> AbxItems:
+    """The items that can be in a triplet (their context has two or more centre phones), at most ``max_per_group``
+    of each (context, centre phone) group, drawn at random (seeded). The cap bounds the DTW pairs of the common
+    contexts, as ZeroSpeech 2021's ``max_size_group`` does; every phone pair of every context stays."""
+    keys = [(p, n) for p, n in zip(items.prev, items.next)]
+    centres: dict[tuple[str, str], set[str]] = {}
+    for k, c in zip(keys, items.phone):
+        centres.setdefault(k, set()).add(c)
+    groups: dict[tuple, list[int]] = {}
+    for i, (k, c) in enumerate(zip(keys, items.phone)):
+        if len(centres[k]) > 1:
+            groups.setdefault((*k, c), []).append(i)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for members in groups.values():
+        if max_per_group is not None and len(members) > max_per_group:
+            members = sorted(rng.choice(members, max_per_group, replace=False).tolist())
+        keep += members
+    return items.subset(np.sort(np.array(keep, dtype=np.int64)))
 
 
 def write_item_file(path: str | os.PathLike, items: AbxItems, decimals: int = 4) -> None:

@@ -6,8 +6,10 @@
 Triphone items come from the manifest's ``phone_alignment`` (file = uttid, speaker = the item's speaker). Only items
 whose context has two or more centre phones can be in a triplet; of those, at most ``--max-per-group`` (10) per
 (context, centre phone) group are drawn at random (500 SpokenScenes test captions: 18,425 triphones, 12,296 in such
-contexts, 5,572 after the cap). They can be saved as a ZeroSpeech ``.item`` file (``--item-file``). Every ``--layer`` (default: the input log-mel and every
-stage of the net, plus ``vq<k>``, the one-hot codes of each VQ position) is scored at its own frame rate by
+contexts, 5,572 after the cap). They can be saved as a ZeroSpeech ``.item`` file (``--item-file``).
+
+Every ``--layer`` (default: the input log-mel and every stage of the net, plus ``vq<k>``, the one-hot codes of each
+VQ position) is scored at its own frame rate by
 ``lightning_modules.core.units.abx.abx_error_rates`` (DTW over angular distances, within- and across-speaker error
 rates averaged as ZeroSpeech does); chance is 50%.
 """

@@ -3,16 +3,23 @@ padding-invariant ResDAVEnet forward, discrete units, and the EMA codebooks unde
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_cli import _latest, _run, _tiny_args
 from torch import nn
 
+from datamodules import PlacesAudioDataset
 from lightning_modules.nets import ResDAVEnetAudioNet, TemporalJitter, VectorQuantizerEMA
+from lightning_modules.resdavenet import ResDAVEnet
+from lightning_modules.unit_writer import UnitWriter
 
 WIDTHS = [4, 8, 8, 12, 16]  # tiny ResDAVEnet: stem, then four stages
 
@@ -338,3 +345,63 @@ def test_ddp_codebooks_agree_and_equal_one_process_on_the_union_batch(tmp_path):
         assert torch.equal(ranks[0][key], ranks[1][key]), key  # identical on both ranks
         torch.testing.assert_close(ranks[0][key], value, rtol=1e-5, atol=1e-6)  # = 1 process, union batch
     assert not torch.allclose(single["quant3.codebook"], initial)  # the codebook did move
+
+
+# ---- the incremental schedule through the command line -----------------------------------------------------------
+@pytest.mark.slow
+def test_vq_schedule_seeded_from_a_plain_run_fits_tests_and_dumps_units(spokenscenes, tmp_path):
+    """{} -> {3}: configs/resdavenet_vq.yaml seeded from a {} checkpoint fits, tests and predicts units."""
+    configs = Path(__file__).parent.parent / "configs"
+    short = ["--data.target_length=null"]  # pad to the longest caption, not to the official 2048 frames: 8x faster
+    # The {} run's checkpoint (test_cli's round trip fits configs/resdavenet.yaml itself): its tiny net's weights.
+    torch.manual_seed(9)
+    plain = ResDAVEnet(layer_widths=[8, 8, 16, 16, 16], image_arch="resnet18", image_width_mult=0.125)
+    seed_state = plain.state_dict()
+    seed = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": seed_state, "hyper_parameters": dict(plain.hparams)}, seed)
+
+    vq_config = configs / "resdavenet_vq.yaml"
+    extra = [*short, f"--model.seed_ckpt={seed}", "--model.codebook_size=32", "--trainer.log_every_n_steps=1"]
+    fit = _run("fit", _tiny_args(vq_config, spokenscenes, tmp_path / "vq", extra))
+    report = fit.model.seed_report
+    fresh = ["audio_net.quant3.codebook", "audio_net.quant3.ema_count", "audio_net.quant3.ema_sum"]
+    assert report["fresh"] == fresh and report["ignored"] == []
+    assert report["loaded"] == sorted(seed_state) and len(report["loaded"]) == len(fit.model.state_dict()) - 3
+    assert fit.model.audio_net.vq_layers == (3,) and fit.model.audio_net.jitter.p == 0.12
+    assert not torch.equal(fit.model.audio_net.quant3.codebook, VectorQuantizerEMA(32, 16).codebook)
+    # what was loaded: the seed's weights (before the 3 training steps moved them a little)
+    moved = fit.model.image_net.embedder.weight.detach().cpu() - seed_state["image_net.embedder.weight"]
+    assert moved.abs().max() < 0.05 * seed_state["image_net.embedder.weight"].abs().max()
+    # per-layer VQ terms reach the logger at every step
+    rows = list(csv.DictReader(open(next((tmp_path / "vq").rglob("metrics.csv")))))
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"train/vq3_commitment", "train/vq3_perplexity", "train/vq3_codes_used"} <= logged
+    perplexity = [float(r["train/vq3_perplexity"]) for r in rows if r.get("train/vq3_perplexity")]
+    assert len(perplexity) == 3 and all(1.0 <= p <= 32.0 for p in perplexity)
+
+    best = _latest(fit.trainer)
+    tested = _run("test", _tiny_args(vq_config, spokenscenes, tmp_path / "test", [*short, "--ckpt_path", best]))
+    assert 0.0 <= float(tested.trainer.callback_metrics["test/mean_R@10"]) <= 1.0
+    assert torch.equal(tested.model.audio_net.quant3.codebook.cpu(),
+                       torch.load(best, weights_only=False)["state_dict"]["audio_net.quant3.codebook"])
+
+    out = tmp_path / "units.json"
+    manifest = spokenscenes / "test.json"
+    _run("predict", _tiny_args(vq_config, spokenscenes, tmp_path / "predict", [
+        *short, "--ckpt_path", best, f"--data.predict_manifest={manifest}", f"--units.output={out}", "--units.layer=3",
+        f"--search.output={tmp_path / 'search.json'}"]))
+    units = json.loads(out.read_text())
+    dataset = PlacesAudioDataset(manifest, target_length=None)
+    uttids = [dataset.describe(i)["uttid"] for i in range(len(dataset))]
+    assert list(units) == uttids
+    for uttid, n in zip(uttids, dataset.lengths().tolist()):
+        codes, times = units[uttid]["codes"], units[uttid]["times"]
+        assert len(codes) == len(times) == math.ceil(n / 4)
+        assert all(isinstance(c, int) and 0 <= c < 32 for c in codes)
+        assert times[:2] == [0.02, 0.06] and times[-1] == pytest.approx(0.04 * len(codes) - 0.02)
+    with pytest.raises(ValueError, match=r"units\.layer=2: the model \(ResDAVEnet\) has VQ layers \[3\]"):
+        UnitWriter(output=str(out), layer=2).on_predict_start(tested.trainer, tested.model)
+    with pytest.raises(ValueError, match=r"has VQ layers \[\]"):
+        UnitWriter(output=str(out)).on_predict_start(tested.trainer, plain)
+    with pytest.raises(ValueError, match=r"\(Module\) has no VQ layers"):
+        UnitWriter(output=str(out)).on_predict_start(tested.trainer, torch.nn.Module())

@@ -11,35 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_cli import _latest, _run, _tiny_args
 from torch import nn
+from vq_helpers import ddp_worker, randomise_batchnorm, tiny_net, train_steps, vq_net
 
 from datamodules import PlacesAudioDataset
-from lightning_modules.nets import ResDAVEnetAudioNet, TemporalJitter, VectorQuantizerEMA
+from lightning_modules.nets import TemporalJitter, VectorQuantizerEMA
 from lightning_modules.resdavenet import ResDAVEnet
 from lightning_modules.unit_writer import UnitWriter
-
-WIDTHS = [4, 8, 8, 12, 16]  # tiny ResDAVEnet: stem, then four stages
-
-
-def tiny_net(**kwargs) -> ResDAVEnetAudioNet:
-    torch.manual_seed(0)
-    return ResDAVEnetAudioNet(layer_widths=WIDTHS, **kwargs)
-
-
-def randomise_batchnorm(net: nn.Module, seed: int = 1) -> nn.Module:
-    """Non-trivial running statistics and affine weights, so that BatchNorm in eval does not map 0 to 0."""
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(0.3 * torch.randn(n, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-            m.weight.data.copy_(1 + 0.2 * torch.randn(n, generator=g))
-            m.bias.data.copy_(0.3 * torch.randn(n, generator=g))
-    return net
 
 
 # ---- loop references of the official VectorQuantizerEMA -----------------------------------------------------------
@@ -290,55 +270,14 @@ def test_encode_units_is_eval_and_restores_the_mode():
 
 
 # ---- DDP: codebooks identical on every rank and equal to one process on the union batch ----------------------------
-STEPS = 3
-
-
-def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(100 + step)
-    # ranks get [64, 40] and [40, 64]: equal counted frames, so the mean commitment losses average exactly
-    return torch.randn(4, 40, 64, generator=g), torch.tensor([64, 40, 40, 64])
-
-
-def _train_steps(model: nn.Module, net: ResDAVEnetAudioNet, shard: slice) -> None:
-    opt = torch.optim.SGD(net.parameters(), lr=0.05)
-    for step in range(STEPS):
-        audio, nframes = _global_batch(step)
-        out = model(audio[shard], nframes[shard])
-        loss = out.pow(2).mean() + sum(net.aux_losses.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
-def _vq_net() -> ResDAVEnetAudioNet:
-    net = randomise_batchnorm(tiny_net(vq_layers=[2, 3], codebook_size=32, jitter=0.0)).train()
-    for m in net.modules():  # BatchNorm's batch statistics would differ between a shard and the union
-        if isinstance(m, nn.BatchNorm2d):
-            m.eval()
-    return net
-
-
-def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        net = _vq_net()
-        # broadcast_buffers=False: the codebooks must agree by their own all-reduce, not by rank 0's copy
-        model = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False)
-        _train_steps(model, net, slice(2 * rank, 2 * rank + 2))
-        torch.save({k: v for k, v in net.state_dict().items() if k.startswith("quant")}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_ddp_codebooks_agree_and_equal_one_process_on_the_union_batch(tmp_path):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
-    net = _vq_net()
+    net = vq_net()
     initial = net.quant3.codebook.clone()
-    _train_steps(net, net, slice(0, 4))
+    train_steps(net, net, slice(0, 4))
     single = {k: v for k, v in net.state_dict().items() if k.startswith("quant")}
     assert sorted(ranks[0]) == sorted(single) and len(single) == 6
     for key, value in single.items():

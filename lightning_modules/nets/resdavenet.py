@@ -264,7 +264,10 @@ class ResDAVEnetAudioNet(nn.Module):
             self.aux_losses[f"vq{k}_commitment"] = out.loss
             self.aux_metrics[f"vq{k}_perplexity"] = out.perplexity
             self.aux_metrics[f"vq{k}_codes_used"] = out.codes_used
-        return out.quantized.reshape(B, 1, T, C).permute(0, 3, 1, 2), out.codes.reshape(B, T)
+        # back in the input's memory layout (channels-last presets stay so; the rest gets its usual gradient strides)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        quantized = out.quantized.reshape(B, 1, T, C).permute(0, 3, 1, 2).contiguous(memory_format=layout)
+        return quantized, out.codes.reshape(B, T)
 
     # ---- discrete units ---------------------------------------------------------------------------------------
     def codebook(self, layer: int) -> Tensor:

@@ -1,7 +1,7 @@
 """ResDAVEnet-VQ on SpokenScenes on the CPU: does turning VQ3 on in a trained `{}` model keep its recall?
 
     python scripts/vq_demo.py                                  # data/spokenscenes (python scripts/demo.py makes it)
-    python scripts/vq_demo.py --plain-epochs 3 --stage-epochs 2 --threads 1
+    python scripts/vq_demo.py --plain-epochs 6 --stage-epochs 3 --threads 1
 
 The ICLR 2020 paper's incremental schedule, at the demo's width (audio net 16,32,32,64,128: 0.73 M parameters;
 ResNet-18 at 1/8 width, 128 px) with the demo's CPU recipe (MISA on L2-normalised maps, InfoNCE x30, AdamW, cosine
@@ -10,7 +10,7 @@ schedule per stage) over configs/resdavenet_vq.yaml:
 1. `{}`: ResDAVEnet without VQ (jitter 0.12 as officially), `--plain-epochs` epochs;
 2. `{}->{3}`: seeded from 1's best checkpoint (`--model.seed_ckpt`), VQ3 on (1024 fresh codes), `--stage-epochs`;
 3. `{}->{}`: the control, seeded the same way and trained as long with VQ off, so that "more training" and "VQ on"
-   are told apart.
+   are told apart. Stages 2 and 3 run side by side, one process each (the same machine load for both).
 
 Each stage's best checkpoint (validation mean R@10) is tested on the test split; for the VQ model the code
 perplexity and the share of the 1024 codes in use are measured on the test split's captions (`encode_units`) and
@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,20 +60,32 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def fit(name: str, runs: Path, args: list[str]) -> dict:
-    import cli
-
+def launch(name: str, runs: Path, args: list[str], threads: int) -> tuple[subprocess.Popen, dict]:
+    """Start `cli.py fit` for one stage in a process of its own with `threads` torch threads."""
     run = runs / name
-    load_before, start = load(), time.perf_counter()
-    done = cli.main(["fit", "--config", str(REPO / "configs" / "resdavenet_vq.yaml"), *args,
-                     "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={run}",
-                     f"--trainer.default_root_dir={run}"])
-    seconds = time.perf_counter() - start
-    best = done.trainer.checkpoint_callback.best_model_path
-    log = next(run.rglob("metrics.csv"))
-    return {"stage": name, "checkpoint": best, "fit_minutes": round(seconds / 60, 2), "load_before": load_before,
-            "load_after": load(), "epochs": done.trainer.current_epoch, "steps": done.trainer.global_step,
-            "log": str(log), "seed_report": getattr(done.model, "seed_report", None)}
+    run.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(REPO / "cli.py"), "fit", "--config", str(REPO / "configs" / "resdavenet_vq.yaml"),
+           *args, "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={run}", f"--trainer.default_root_dir={run}"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), WANDB_MODE="disabled",
+               PYTHONPATH=str(REPO))
+    log = open(run / "fit.log", "w")
+    info = {"stage": name, "load_before": load(), "start": time.perf_counter(), "run": str(run)}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), info
+
+
+def finish(process: subprocess.Popen, info: dict) -> dict:
+    """Wait for a stage; its best checkpoint (validation mean R@10), wall time, load, epochs and seed report."""
+    if process.wait() != 0:
+        raise SystemExit(f"stage {info['stage']} failed: see {info['run']}/fit.log")
+    run = Path(info["run"])
+    seconds = time.perf_counter() - info.pop("start")
+    best = sorted(run.rglob("best-epoch*.ckpt"), key=os.path.getmtime)[-1]
+    last = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    text = (run / "fit.log").read_text()
+    seed = [line.strip() for line in text.splitlines() if line.startswith(("seed_ckpt", "  fresh", "  ignored"))]
+    return {**info, "checkpoint": str(best), "fit_minutes": round(seconds / 60, 2), "load_after": load(),
+            "epochs": last["epoch"] + 1, "steps": last["global_step"], "log": str(next(run.rglob("metrics.csv"))),
+            "seed_report": seed}
 
 
 def test(stage: dict, runs: Path, args: list[str]) -> None:
@@ -123,9 +136,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python scripts/vq_demo.py", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=REPO / "data" / "spokenscenes")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "vq_demo")
-    p.add_argument("--plain-epochs", type=int, default=3)
-    p.add_argument("--stage-epochs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    p.add_argument("--plain-epochs", type=int, default=6)
+    p.add_argument("--stage-epochs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per stage (the seeded stages run side by "
+                   "side; 1 on a shared machine)")
     p.add_argument("cli_args", nargs="*", help="more cli.py arguments for every stage (after --)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -134,13 +148,17 @@ def main(argv: list[str] | None = None) -> dict:
                          "datamodules.spokenscenes) first")
     common = [*DEMO_VQ_ARGS, *data_args(args.data), *args.cli_args]
     stages = {}
-    stages["{}"] = fit("plain", args.runs, [*common, "--model.vq_layers=[]",
-                                            f"--trainer.max_epochs={args.plain_epochs}"])
+    stages["{}"] = finish(*launch("plain", args.runs, [*common, "--model.vq_layers=[]",
+                                                        f"--trainer.max_epochs={args.plain_epochs}"], args.threads))
     seed = stages["{}"]["checkpoint"]
-    for name, vq in (("{}->{3}", "[3]"), ("{}->{}", "[]")):
-        folder = "vq3" if vq == "[3]" else "plain_continued"
-        stages[name] = fit(folder, args.runs, [*common, f"--model.vq_layers={vq}", f"--model.seed_ckpt={seed}",
-                                               f"--trainer.max_epochs={args.stage_epochs}"])
+    # The two seeded stages side by side, one process each: the same machine load for both.
+    running = {name: launch(folder, args.runs, [*common, f"--model.vq_layers={vq}", f"--model.seed_ckpt={seed}",
+                                                f"--trainer.max_epochs={args.stage_epochs}"], args.threads)
+               for name, folder, vq in (("{}->{3}", "vq3", "[3]"), ("{}->{}", "plain_continued", "[]"))}
+    while running:  # collect each stage when it ends, so that its wall time is its own
+        for name in [n for n, (process, _) in running.items() if process.poll() is not None]:
+            stages[name] = finish(*running.pop(name))
+        time.sleep(1)
     for stage in stages.values():
         test(stage, args.runs, common)
         stage["val_mean_R@10"] = best_validation(stage["log"])

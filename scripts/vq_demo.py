@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name in [n for n, (process, _) in running.items() if process.poll() is not None]:
             stages[name] = finish(*running.pop(name))
         time.sleep(1)
+    stages = {name: stages[name] for name in ("{}", "{}->{3}", "{}->{}")}
     for stage in stages.values():
         test(stage, args.runs, common)
         stage["val_mean_R@10"] = best_validation(stage["log"])

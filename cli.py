@@ -9,7 +9,7 @@
         --data.predict_manifest data/spokenscenes/test.json --units.output units.json --units.layer 3
 
 ``vgs`` (the console entry point) is the same command. Models are chosen with ``--model=DAVEnet`` (any
-subclass of ``VGSModule``: NIPS2016, ACL2017, DAVEnet, ResDAVEnet, PlaceClassifier).
+subclass of ``VGSModule``: NIPS2016, ACL2017, DAVEnet, ResDAVEnet, ResDAVEnetVQ, PlaceClassifier).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ key of the same name and shape) and the VQ layers it lacks start fresh; the list
     python cli.py fit --config configs/resdavenet.yaml                                   # {}
     python cli.py fit --config configs/resdavenet_vq.yaml --model.seed_ckpt runs/.../best-epochNNN.ckpt   # {}->{3}
 
+`ResDAVEnetVQ` is the same module with the defaults of that recipe (the released widths, VQ3 with 1024 codes).
+
 References: Hsu, Harwath, Glass. Interspeech 2019, arXiv:1907.04355; Harwath, Hsu, Glass. ICLR 2020,
 arXiv:1911.09602. Official code: github.com/wnhsu/ResDAVEnet-VQ (`run_ResDavenetVQ.py`, `steps/traintest.py`).
 """
@@ -27,7 +29,7 @@ from torch import nn
 from .base import RetrievalModule
 from .checkpoints import format_seed_report, load_matching_weights
 from .core.losses import ResDAVEnetTripletLoss
-from .nets import ResDAVEnetAudioNet, ResNet50Image
+from .nets import RESDAVENET_DEFAULT_WIDTHS, RESDAVENET_RELEASED_WIDTHS, ResDAVEnetAudioNet, ResNet50Image
 from .optim import OptimizerName, ScheduleName
 
 
@@ -36,8 +38,9 @@ class ResDAVEnet(RetrievalModule):
     weight decay 5e-7, SISA (pooldot), sampled + semi-hard triplets with the official mask, jitter 0.12.
 
     Args:
-        layer_widths: stem and stage widths. The class default [128, 128, 256, 512, 1024] is the paper's;
-            the released checkpoints use [128, 256, 256, 512, 1024] (``RESDAVENET_RELEASED_WIDTHS``).
+        layer_widths: stem and stage widths. The default [128, 128, 256, 512, 1024] is the official ``ResDavenet``
+            class default (``RESDAVENET_DEFAULT_WIDTHS``); the released checkpoints use [128, 256, 256, 512, 1024]
+            (``RESDAVENET_RELEASED_WIDTHS``).
         layer_depths: basic blocks per stage.
         convsize: temporal kernel of the blocks.
         embedding_dim: output channels of both branches; None keeps ``layer_widths[-1]``.
@@ -69,7 +72,7 @@ class ResDAVEnet(RetrievalModule):
 
     def __init__(
         self,
-        layer_widths: Sequence[int] = (128, 128, 256, 512, 1024),
+        layer_widths: Sequence[int] = RESDAVENET_DEFAULT_WIDTHS,
         layer_depths: Sequence[int] = (2, 2, 2, 2),
         convsize: int = 9,
         embedding_dim: int | None = None,
@@ -126,3 +129,18 @@ class ResDAVEnet(RetrievalModule):
             self.seed_report = load_matching_weights(self, seed)
             self._seeded = True
             rank_zero_info(format_seed_report(self.seed_report))
+
+
+class ResDAVEnetVQ(ResDAVEnet):
+    """ResDAVEnet-VQ with the defaults of the released ``{}->{3}`` recipe (``configs/resdavenet_vq.yaml``): the
+    released widths [128, 256, 256, 512, 1024] and VQ3 (after ``layer2``) with 1024 codes; seed it from a ``{}`` run
+    with ``seed_ckpt``. Everything else, and every argument, is ``ResDAVEnet``'s.
+    """
+
+    def __init__(
+        self,
+        layer_widths: Sequence[int] = RESDAVENET_RELEASED_WIDTHS,
+        vq_layers: Sequence[int] = (3,),
+        **kwargs: Any,
+    ):
+        super().__init__(layer_widths=layer_widths, vq_layers=vq_layers, **kwargs)

@@ -18,7 +18,7 @@ from vq_helpers import ddp_worker, randomise_batchnorm, tiny_net, train_steps, v
 
 from datamodules import PlacesAudioDataset
 from lightning_modules.nets import TemporalJitter, VectorQuantizerEMA
-from lightning_modules.resdavenet import ResDAVEnet
+from lightning_modules.resdavenet import ResDAVEnet, ResDAVEnetVQ
 from lightning_modules.unit_writer import UnitWriter
 
 
@@ -306,7 +306,8 @@ def test_vq_schedule_seeded_from_a_plain_run_fits_tests_and_dumps_units(spokensc
     fresh = ["audio_net.quant3.codebook", "audio_net.quant3.ema_count", "audio_net.quant3.ema_sum"]
     assert report["fresh"] == fresh and report["ignored"] == []
     assert report["loaded"] == sorted(seed_state) and len(report["loaded"]) == len(fit.model.state_dict()) - 3
-    assert fit.model.audio_net.vq_layers == (3,) and fit.model.audio_net.jitter.p == 0.12
+    assert type(fit.model) is ResDAVEnetVQ and fit.model.audio_net.vq_layers == (3,)
+    assert fit.model.audio_net.jitter.p == 0.12 and fit.model.audio_net.mask_padding
     assert not torch.equal(fit.model.audio_net.quant3.codebook, VectorQuantizerEMA(32, 16).codebook)
     # what was loaded: the seed's weights (before the 3 training steps moved them a little)
     moved = fit.model.image_net.embedder.weight.detach().cpu() - seed_state["image_net.embedder.weight"]
@@ -338,7 +339,7 @@ def test_vq_schedule_seeded_from_a_plain_run_fits_tests_and_dumps_units(spokensc
         assert len(codes) == len(times) == math.ceil(n / 4)
         assert all(isinstance(c, int) and 0 <= c < 32 for c in codes)
         assert times[:2] == [0.02, 0.06] and times[-1] == pytest.approx(0.04 * len(codes) - 0.02)
-    with pytest.raises(ValueError, match=r"units\.layer=2: the model \(ResDAVEnet\) has VQ layers \[3\]"):
+    with pytest.raises(ValueError, match=r"units\.layer=2: the model \(ResDAVEnetVQ\) has VQ layers \[3\]"):
         UnitWriter(output=str(out), layer=2).on_predict_start(tested.trainer, tested.model)
     with pytest.raises(ValueError, match=r"has VQ layers \[\]"):
         UnitWriter(output=str(out)).on_predict_start(tested.trainer, plain)

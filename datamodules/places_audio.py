@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from .bad_samples import ON_BAD_SAMPLE, PlacesAudioDataLoader, SkipLog, SkippedSample
 from .cache import FeatureStore
-from .errors import BadSampleError, SkippedSamplesWarning
+from .errors import BadSampleError, ManifestError, SkippedSamplesWarning
 from .features import N_MELS, pad_or_truncate, single_thread_worker_init, wav_log_mel, wav_num_frames
 from .images import IMAGE_TRANSFORMS, build_image_transform, denormalize, image_tensor
 from .manifest import Manifest, build_label_map, load_manifest, place_ids
@@ -311,7 +311,12 @@ class PlacesAudioDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict:
         label_map = self._label_map
         if label_map is None and self.manifest_paths["train"] is not None:
-            label_map = self.label_map
+            try:
+                label_map = self.label_map
+            except ManifestError:
+                if self.hparams.place_labels:
+                    raise
+                label_map = None  # not the Places image layout (Flickr8k, SpokenCOCO): no scene classes to keep
         return {"label_map": label_map}
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -14,6 +14,8 @@ import yaml
 import cli
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+# resdavenet_vq.yaml's fit -> test runs in tests/test_vq.py, seeded from a {} checkpoint as its recipe is meant to
+ROUND_TRIP = [c for c in CONFIGS if c.stem != "resdavenet_vq"]
 REPO = Path(__file__).parent.parent
 
 # Tiny sizes for every model; the rest of each config (loss, optimiser, schedule, transforms) is kept.
@@ -62,7 +64,7 @@ def _latest(trainer) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize("config", ROUND_TRIP, ids=[c.stem for c in ROUND_TRIP])
 def test_fit_then_test_round_trip(config, spokenscenes, tmp_path):
     fit = _run("fit", _tiny_args(config, spokenscenes, tmp_path))
     best = fit.trainer.checkpoint_callback.best_model_path or fit.trainer.checkpoint_callback.last_model_path

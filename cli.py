@@ -5,9 +5,11 @@
     python cli.py fit --config configs/davenet.yaml --ckpt_path last        # resume the newest run
     python cli.py predict --config configs/demo.yaml --ckpt_path best.ckpt \
         --data.predict_manifest data/spokenscenes/test.json --search.output search.json
+    python cli.py predict --config configs/resdavenet_vq.yaml --ckpt_path best.ckpt \
+        --data.predict_manifest data/spokenscenes/test.json --units.output units.json --units.layer 3
 
 ``vgs`` (the console entry point) is the same command. Models are chosen with ``--model=DAVEnet`` (any
-subclass of ``VGSModule``: NIPS2016, ACL2017, DAVEnet, ResDAVEnet, PlaceClassifier).
+subclass of ``VGSModule``: NIPS2016, ACL2017, DAVEnet, ResDAVEnet, ResDAVEnetVQ, PlaceClassifier).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import lightning_modules
 from datamodules import PlacesAudioDataModule
 from lightning_modules.base import VGSModule
 from lightning_modules.search import SpokenSearchWriter
+from lightning_modules.unit_writer import UnitWriter
 
 lightning_modules.load_all()  # registers every model so that --model=DAVEnet resolves
 
@@ -106,6 +109,7 @@ class VGSLightningCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(SpokenSearchWriter, "search")
+        parser.add_lightning_class_args(UnitWriter, "units")  # predict --units.output F: VQ codes (ResDAVEnet-VQ)
         # No link for the classifier's n_places: every retrieval module takes **kwargs and would receive it
         # too. PlaceClassifier reads it from the datamodule in setup().
 

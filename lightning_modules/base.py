@@ -230,11 +230,26 @@ class RetrievalModule(VGSModule):
         image_out, audio_out, out_nframes = self(batch["image"], batch["audio"], batch["nframes"])
         # Captions of one image are never each other's negatives (the losses mask by image id).
         loss = self.loss(image_out, audio_out, out_nframes, self.similarity_kind, image_ids=batch.get("image_id"))
+        loss = self.add_auxiliary_losses(loss, batch["audio"].shape[0])
         self.check_finite(loss)
         bs = batch["audio"].shape[0]
         # Per-step value of this rank for the progress bar; the epoch mean is averaged over ranks.
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        return loss
+
+    def add_auxiliary_losses(self, loss: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``loss`` plus the terms the nets recorded in this step's forward, logged as ``train/<name>``.
+
+        A net may hold ``aux_losses`` (name -> scalar added to the training loss, e.g. a VQ commitment loss) and
+        ``aux_metrics`` (name -> scalar only logged, e.g. a code perplexity) after its forward.
+        """
+        for net in (self.audio_net, getattr(self, "image_net", None)):
+            aux_losses, aux_metrics = getattr(net, "aux_losses", {}), getattr(net, "aux_metrics", {})
+            for name, value in {**aux_losses, **aux_metrics}.items():
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+            for value in aux_losses.values():
+                loss = loss + value
         return loss
 
     # ---- evaluation: outputs are gathered once per epoch, ranked over the whole split ---------------

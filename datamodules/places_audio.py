@@ -418,7 +418,12 @@ class PlacesAudioDataModule(pl.LightningDataModule):
             # Forking 1 thread workers once per epoch costs well under a second.
             persistent_workers=False,
             skip_log=self.skip_logs[split],
+            epoch=self._current_epoch if train else None,
         )
+
+    def _current_epoch(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else trainer.current_epoch
 
     # ---- the built datasets, for callbacks that show examples (W&B tables, spoken search) --------------
     @property

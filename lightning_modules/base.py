@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import Timer
 from torch import nn
 
 from .checkpoints import load_audio_encoder
-from .core.losses import SampledMarginRankLoss
+from .core.losses import RetrievalLoss, SampledMarginRankLoss
 from .core.similarity import SIMILARITY_KINDS
 from .metrics import RetrievalRecallMetric
 from .optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler
@@ -192,7 +192,7 @@ class RetrievalModule(VGSModule):
     def __init__(
         self,
         similarity_kind: str = "MISA",
-        loss: nn.Module | None = None,
+        loss: RetrievalLoss | None = None,
         normalize_outputs: bool = False,
         recall_ks: Sequence[int] = (1, 5, 10),
         eval_chunk_size: int = 2**26,
@@ -251,7 +251,9 @@ class RetrievalModule(VGSModule):
         # values are already global and must not be averaged again (no sync_dist).
         values = {f"{prefix}/{k}": float(v) for k, v in metric.compute().items()}
         metric.reset()
-        self.log_dict(values, rank_zero_only=False, sync_dist=False)
+        shown = {k: v for k, v in values.items() if k == "val/mean_R@10"}  # the selection score, on the bar
+        self.log_dict({k: v for k, v in values.items() if k not in shown}, rank_zero_only=False, sync_dist=False)
+        self.log_dict(shown, prog_bar=True, rank_zero_only=False, sync_dist=False)
         return values
 
     def on_validation_epoch_end(self) -> None:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from .base import RetrievalModule
+from .core.losses import RetrievalLoss
 from .nets import DAVEnetAudioNet, VGG16ConvImage
 from .optim import OptimizerName, ScheduleName
 
@@ -51,7 +50,7 @@ class DAVEnet(RetrievalModule):
         mask_padding: bool = True,
         pretrained_image: bool | str = False,
         similarity_kind: str = "MISA",
-        loss: nn.Module | None = None,
+        loss: RetrievalLoss | None = None,
         optimizer: OptimizerName = "sgd",
         lr: float = 1e-3,
         momentum: float = 0.9,

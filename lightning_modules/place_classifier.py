@@ -156,7 +156,9 @@ class PlaceClassifier(VGSModule):
         self.last_confusion = values.pop("confusion").cpu()
         values.pop("count")
         logged = {f"{prefix}/{k}": float(v) for k, v in values.items()}
-        self.log_dict(logged, rank_zero_only=False, sync_dist=False)
+        shown = {k: v for k, v in logged.items() if k == "val/acc_top1"}  # the selection score, on the bar
+        self.log_dict({k: v for k, v in logged.items() if k not in shown}, rank_zero_only=False, sync_dist=False)
+        self.log_dict(shown, prog_bar=True, rank_zero_only=False, sync_dist=False)
         return logged
 
     def on_validation_epoch_end(self) -> None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
-
 from .base import RetrievalModule
-from .core.losses import ResDAVEnetTripletLoss
+from .core.losses import ResDAVEnetTripletLoss, RetrievalLoss
 from .nets import ResDAVEnetAudioNet, ResNet50Image
 from .optim import OptimizerName, ScheduleName
 
@@ -52,7 +50,7 @@ class ResDAVEnet(RetrievalModule):
         image_width_mult: float = 1.0,
         pretrained_image: bool | str = False,
         similarity_kind: str = "SISA",
-        loss: nn.Module | None = None,
+        loss: RetrievalLoss | None = None,
         optimizer: OptimizerName = "adam",
         lr: float = 2e-4,
         weight_decay: float = 5e-7,

@@ -42,7 +42,7 @@ import lightning_modules
 from datamodules import PlacesAudioDataModule
 from datamodules.errors import BadSampleError, FeatureCacheError, ManifestError
 from lightning_modules.base import NonFiniteLossError, VGSModule
-from lightning_modules.callbacks import EpochSeed
+from lightning_modules.callbacks import RestoreLoaderPosition, StepSeed
 from lightning_modules.checkpoint_io import (
     AtomicCheckpointIO,
     CheckpointReadError,
@@ -118,11 +118,13 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str | None = None, filename: str = "last", every_n_epochs: int | None = None,
                  every_n_train_steps: int | None = None):
-        if every_n_train_steps:
-            every_n_epochs = every_n_epochs or 1  # keep the end-of-validation save too
         super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1,
-                         enable_version_counter=False, every_n_epochs=every_n_epochs,
+                         enable_version_counter=False, every_n_epochs=None if every_n_train_steps else every_n_epochs,
                          every_n_train_steps=every_n_train_steps)
+        if every_n_train_steps:
+            # ModelCheckpoint takes one trigger; keep the end-of-validation save as well (a step save at the
+            # same global step makes it skip that one).
+            self._every_n_epochs = every_n_epochs or 1
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -317,8 +319,9 @@ class VGSLightningCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         trainer = super().instantiate_trainer(**kwargs, plugins=plugins)
+        trainer.callbacks.insert(0, RestoreLoaderPosition())
         if self._get(self.config, "seed_everything") is not False:
-            trainer.callbacks.insert(0, EpochSeed())
+            trainer.callbacks.insert(0, StepSeed())
         for callback in trainer.callbacks:
             if isinstance(callback, RunConfigSaver):
                 callback.run_dir = getattr(self, "_eval_run_dir", None)

@@ -108,7 +108,7 @@ class PlacesAudioDataLoader(DataLoader):
     It is resumable (Lightning saves `state_dict()` in every checkpoint): after a checkpoint written inside an
     epoch (`--last_checkpoint.every_n_train_steps`), the resumed pass over that epoch skips the batches already
     trained on (their indices, without loading them) and yields the rest, in the same order when the order depends
-    on the epoch only (the length-bucket sampler; shuffling after `EpochSeed`). `epoch` is a function returning
+    on the epoch only (the length-bucket sampler; shuffling after the CLI's `StepSeed`). `epoch` is a function returning
     the current training epoch (the DataModule passes the trainer's), so that a checkpoint from the end of an
     epoch does not shorten the next one.
     """

@@ -25,7 +25,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from .bad_samples import ON_BAD_SAMPLE, PlacesAudioDataLoader, SkipLog, SkippedSample
 from .cache import FeatureStore
@@ -392,21 +392,26 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         dataset = self._dataset(split)
         train = split == "train"
         sampler = None
-        generator = None
         seed = hp.seed if hp.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        if train and hp.bucket_by_length:
+        if train:
             trainer = getattr(self, "trainer", None)
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            sampler = LengthBucketSampler(dataset.lengths(), hp.batch_size, num_replicas=world, rank=rank, seed=seed)
-        elif train and hp.seed is not None:
-            generator = torch.Generator().manual_seed(hp.seed)
+            if hp.bucket_by_length:
+                sampler = LengthBucketSampler(dataset.lengths(), hp.batch_size, num_replicas=world, rank=rank,
+                                              seed=seed)
+            else:
+                # An order that depends on (seed, epoch) only, as under DDP, so that a resumed epoch is the same
+                # epoch; Lightning calls set_epoch() and leaves a DistributedSampler in place under DDP.
+                sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         return PlacesAudioDataLoader(
             dataset,
             batch_size=hp.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
-            generator=generator,
+            # Workers' base seeds come from this generator, not from torch's global one: starting a pass then
+            # draws nothing from the global stream (a resumed epoch's random crops stay those of the original).
+            generator=torch.Generator().manual_seed(seed),
             drop_last=train and hp.drop_last,
             num_workers=hp.num_workers,
             collate_fn=PlacesAudioCollate(hp.target_length, hp.pad_value),

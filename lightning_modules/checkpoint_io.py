@@ -84,12 +84,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             written = f.tell()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as err:
+    except BaseException as exc:
         try:
             os.remove(tmp)
         except OSError:
             pass
-        if isinstance(err, OSError):
+        err = _os_error_in(exc)
+        if err is not None:
             kept = f"the previous {os.path.basename(path)} is unchanged" if os.path.exists(path) else \
                 f"no {os.path.basename(path)} was written"
             if err.errno in _NO_SPACE:
@@ -105,6 +106,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             ) from err
         raise
     _fsync_folder(folder)
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: torch's zip writer reports a failed ``write`` as a RuntimeError raised while
+    handling it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -97,6 +97,10 @@ class PlaceClassifier(VGSModule):
     def setup(self, stage: str) -> None:
         # The class count comes from the data: the datamodule's label map (built from the train manifest).
         # A LightningCLI link cannot do this, because every retrieval module would be handed n_places too.
+        # Outside fit a model restored from a checkpoint knows its classes; the train manifest is not read.
+        if stage != "fit" and self.model is not None:
+            super().setup(stage)
+            return
         data_places = int(getattr(self.trainer.datamodule, "n_places", 0) or 0) if self.trainer else 0
         if self.model is None:
             if not data_places:

@@ -48,7 +48,7 @@ def matchmap_score(M: Tensor, kind: str) -> Tensor:
         return M.max(0).values.max(0).values.mean()
     if kind == "SIMA":
         return M.max(2).values.mean()
-    raise ValueError(f"baselines.py: unknown similarity kind {kind!r}")
+    raise ValueError(f"unknown similarity kind {kind!r}")
 
 
 def matchmap_similarity_matrix(image: Tensor, audio: Tensor, nframes, kind: str = "MISA") -> Tensor:

@@ -15,43 +15,25 @@ The names below are imported on first use, so that `python -m datamodules.cache`
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-_EXPORTS = {
-    "BadSampleError": "errors",
-    "FeatureCacheError": "errors",
-    "ManifestError": "errors",
-    "SkippedSamplesWarning": "errors",
-    "Manifest": "manifest",
-    "load_manifest": "manifest",
-    "place_label": "manifest",
-    "load_audio": "features",
-    "log_mel": "features",
-    "pad_or_truncate": "features",
-    "IMAGE_TRANSFORMS": "images",
-    "build_image_transform": "images",
-    "load_image": "images",
-    "FeatureStore": "cache",
-    "build_cache": "cache",
-    "LengthBucketSampler": "sampler",
-    "PlacesAudioCollate": "places_audio",
-    "PlacesAudioDataLoader": "bad_samples",
-    "PlacesAudioDataModule": "places_audio",
-    "PlacesAudioDataset": "places_audio",
-}
-__all__ = sorted(_EXPORTS)
+import lazy_loader
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
+# scientific-python's lazy_loader (SPEC 1) builds the package's __getattr__ and __dir__; lightning_modules uses it
+# the same way (a helper of our own would need a third top-level package, since neither may import the other).
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "bad_samples": ["PlacesAudioDataLoader"],
+        "cache": ["FeatureStore", "build_cache"],
+        "errors": ["BadSampleError", "FeatureCacheError", "ManifestError", "SkippedSamplesWarning"],
+        "features": ["load_audio", "log_mel", "pad_or_truncate"],
+        "images": ["IMAGE_TRANSFORMS", "build_image_transform", "load_image"],
+        "manifest": ["Manifest", "load_manifest", "place_label", "read_manifest_json"],
+        "places_audio": ["PlacesAudioCollate", "PlacesAudioDataModule", "PlacesAudioDataset"],
+        "sampler": ["LengthBucketSampler"],
+    },
+)
 
 if TYPE_CHECKING:
     from .bad_samples import PlacesAudioDataLoader
@@ -59,6 +41,6 @@ if TYPE_CHECKING:
     from .errors import BadSampleError, FeatureCacheError, ManifestError, SkippedSamplesWarning
     from .features import load_audio, log_mel, pad_or_truncate
     from .images import IMAGE_TRANSFORMS, build_image_transform, load_image
-    from .manifest import Manifest, load_manifest, place_label
+    from .manifest import Manifest, load_manifest, place_label, read_manifest_json
     from .places_audio import PlacesAudioCollate, PlacesAudioDataModule, PlacesAudioDataset
     from .sampler import LengthBucketSampler

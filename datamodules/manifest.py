@@ -136,8 +136,14 @@ class Manifest:
         return missing
 
 
-def load_manifest(path: str | os.PathLike) -> Manifest:
-    """Read and validate a Places-format manifest. Raises ManifestError naming the manifest, the key and the item."""
+def read_manifest_json(path: str | os.PathLike) -> tuple[list[dict], dict]:
+    """The validated JSON of a Places-format manifest: its items and its other top-level keys.
+
+    Items are the objects of ``data`` as written (each with non-empty ``wav`` and ``image`` strings; other keys,
+    such as SpokenScenes' ``words`` and ``objects``, are kept). The top-level dict holds every key but ``data``:
+    ``image_base_path``, ``audio_base_path`` and any others (``mask_base_path``), as written; ``resolve_path``
+    turns them into paths. Raises ManifestError naming the manifest, the key and the item.
+    """
     path = os.path.abspath(os.fspath(path))
     try:
         with open(path, encoding="utf-8") as f:
@@ -157,14 +163,11 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     for key in ("image_base_path", "audio_base_path"):
         if not isinstance(raw[key], str):
             raise ManifestError(f"manifest {path}: {key!r} must be a string, got {type(raw[key]).__name__}")
-    data = raw["data"]
+    data = raw.pop("data")
     if not isinstance(data, list):
         raise ManifestError(f"manifest {path}: 'data' must be a list of items, got {type(data).__name__}")
     if not data:
         raise ManifestError(f"manifest {path}: 'data' is empty (no items)")
-
-    folder = os.path.dirname(path)
-    columns: dict[str, list[str]] = {k: [] for k in REQUIRED_ITEM_KEYS + OPTIONAL_ITEM_KEYS}
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             raise ManifestError(f"manifest {path}: item {i} must be an object, got {type(item).__name__}")
@@ -174,7 +177,22 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
                 raise ManifestError(f"manifest {path}: item {i} is missing required key {key!r}")
             if not isinstance(value, str) or not value:
                 raise ManifestError(f"manifest {path}: item {i}: {key!r} must be a non-empty string, got {value!r}")
-            columns[key].append(value)
+    return data, raw
+
+
+def resolve_path(manifest: str | os.PathLike, value: str) -> str:
+    """A path written in a manifest (a base path): ``~`` expanded, relative paths taken from the manifest's folder."""
+    return os.path.join(os.path.dirname(os.path.abspath(os.fspath(manifest))), os.path.expanduser(value))
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate a Places-format manifest. Raises ManifestError naming the manifest, the key and the item."""
+    path = os.path.abspath(os.fspath(path))
+    data, top = read_manifest_json(path)
+    columns: dict[str, list[str]] = {k: [] for k in REQUIRED_ITEM_KEYS + OPTIONAL_ITEM_KEYS}
+    for item in data:
+        for key in REQUIRED_ITEM_KEYS:
+            columns[key].append(item[key])
         for key in OPTIONAL_ITEM_KEYS:
             # Places manifests carry Google ASR output as asr_text; some others have a plain text key.
             value = item.get(key) if key != "asr_text" or item.get(key) is not None else item.get("text")
@@ -183,8 +201,8 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
 
     return Manifest(
         path=path,
-        audio_base=os.path.join(folder, os.path.expanduser(raw["audio_base_path"])),
-        image_base=os.path.join(folder, os.path.expanduser(raw["image_base_path"])),
+        audio_base=resolve_path(path, top["audio_base_path"]),
+        image_base=resolve_path(path, top["image_base_path"]),
         wavs=_bytes_array(columns["wav"]),
         images=_bytes_array(columns["image"]),
         uttids=_bytes_array(columns["uttid"]),

@@ -11,28 +11,23 @@ The LightningModules are imported lazily, so that ``lightning_modules.nets`` and
 lifted into other code without importing Lightning.
 """
 
-import importlib
+import lazy_loader
 
-_LAZY = {
-    "ACL2017": ".acl2017",
-    "DAVEnet": ".davenet",
-    "NIPS2016": ".nips2016",
-    "PlaceClassifier": ".place_classifier",
-    "ResDAVEnet": ".resdavenet",
-    "RetrievalModule": ".base",
-    "VGSModule": ".base",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# scientific-python's lazy_loader (SPEC 1) builds the module's __getattr__; datamodules uses it the same way.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "acl2017": ["ACL2017"],
+        "base": ["RetrievalModule", "VGSModule"],
+        "davenet": ["DAVEnet"],
+        "nips2016": ["NIPS2016"],
+        "place_classifier": ["PlaceClassifier"],
+        "resdavenet": ["ResDAVEnet"],
+    },
+)
 
 
 def load_all() -> None:
     """Import every LightningModule, so that LightningCLI can resolve short names like ``--model=DAVEnet``."""
-    for module in set(_LAZY.values()):
-        importlib.import_module(module, __name__)
+    for name in __all__:
+        __getattr__(name)

@@ -2,7 +2,7 @@
 
 The NIPS2016 recipe with a deeper audio CNN (the DAVEnet 5-conv stack with 3 max-pools) mean-pooled to one
 L2-normalised vector, frozen VGG16 fc7 + Linear, dot product, 1024-frame input (set in the data config).
-Training as NIPS2016 (the seed's table: "the same as NIPS").
+Training as NIPS2016 ("the same as NIPS" in the comparison the project started from: docs/provenance.md).
 
 References: Harwath & Glass. ACL 2017. arXiv:1701.07481.
 """

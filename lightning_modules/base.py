@@ -44,7 +44,7 @@ class VGSModule(pl.LightningModule):
         optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
         lr: base learning rate.
         momentum: SGD momentum.
-        weight_decay: L2 penalty (decoupled for AdamW).
+        weight_decay: L2 penalty (decoupled for AdamW); 5e-7 is the DAVEnet and ResDAVEnet code's value.
         betas: Adam/AdamW betas.
         lr_schedule: ``"constant"``, ``"step"`` (x ``lr_decay`` every ``lr_step_epochs``), ``"cosine"`` (over
             the run's optimiser steps) or ``"cosine_time"`` (over ``trainer.max_time``).
@@ -114,17 +114,15 @@ class VGSModule(pl.LightningModule):
 
     @property
     def audio_frozen(self) -> bool:
-        return self.trainer is not None and self.current_epoch < self.hparams.get("freeze_audio_epochs", 0)
+        # self._trainer: the trainer property raises outside a Trainer
+        return self._trainer is not None and self.current_epoch < self.hparams.get("freeze_audio_epochs", 0)
 
     def train(self, mode: bool = True):
         super().train(mode)
         # A frozen audio net keeps its BatchNorm statistics too.
-        if mode and self._trainer_attached() and self.audio_frozen:
+        if mode and self.audio_frozen:
             self.audio_net.eval()
         return self
-
-    def _trainer_attached(self) -> bool:
-        return self._trainer is not None
 
     def on_train_epoch_start(self) -> None:
         self.train(True)
@@ -258,7 +256,7 @@ class RetrievalModule(VGSModule):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self.last_val_metrics = self._log_recall(self.val_recall, "val")
+        self._log_recall(self.val_recall, "val")
 
     def on_test_epoch_end(self) -> None:
         self.last_test_metrics = self._log_recall(self.test_recall, "test")

@@ -1,38 +1,53 @@
 """Reading VGS-Lightning checkpoints outside ``fit``: a whole retrieval module for tools and notebooks
 (``load_retrieval_checkpoint``), or only an audio net's weights for a warm start (``load_audio_encoder``).
+
+Both read the file once, with ``core.weights.read_weights`` (``torch.load(weights_only=True)``): checkpoints written
+by ``cli.py`` and by the converter hold tensors and plain hyperparameters only; those of a module built in Python
+may also hold its audio net or loss (``allow_modules``). A file that holds anything else is refused with an error
+naming it. (``--ckpt_path`` of ``cli.py`` keeps Lightning's own loader.)
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
-import io
 import os
-import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from .core.weights import WeightsFileError, read_weights
 
-def load_audio_encoder(audio_net: nn.Module, ckpt_path: str) -> None:
+# How LightningCLI marks a checkpoint's hyperparameters (pytorch_lightning.cli._InstantiatorFn), and the converter
+# too: `load_from_checkpoint` and `cli.py --ckpt_path` then rebuild the class named by `_class_path` from its init
+# args with jsonargparse, nested class_path configs (a loss) included.
+CLI_INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """A Lightning checkpoint (a dict with ``state_dict``) read safely; a clear error naming the file otherwise."""
+    ckpt = read_weights(path, "checkpoint", map_location, allow_modules=True)
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
+        raise WeightsFileError(f"checkpoint {os.fspath(path)}: not a Lightning checkpoint (no 'state_dict')")
+    return dict(ckpt)
+
+
+def load_audio_encoder(audio_net: nn.Module, ckpt_path: str | os.PathLike) -> None:
     """Load the audio-net weights of a checkpoint (strict) into ``audio_net``.
 
     Accepts a Lightning checkpoint of any VGS-Lightning module (keys ``audio_net.*`` or, from the place-classifier
     warm-up, ``model.audio_net.*`` under ``state_dict``) or a bare state dict of the audio net itself.
     """
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"audio_encoder_ckpt: no such file: {ckpt_path}") from None
-    except Exception as err:  # corrupt or not a torch file
-        raise ValueError(f"audio_encoder_ckpt: cannot read {ckpt_path}: {err}") from err
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"audio_encoder_ckpt: {ckpt_path} holds no state dict")
+    name = f"audio_encoder_ckpt {os.fspath(ckpt_path)}"
+    ckpt = read_weights(ckpt_path, "audio_encoder_ckpt", allow_modules=True)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise WeightsFileError(f"{name}: holds no state dict")
     # The audio net sits at "audio_net." in the retrieval modules and at "model.audio_net." in the classifier.
     prefixes = {k[: k.index("audio_net.") + len("audio_net.")] for k in state if "audio_net." in k}
     if len(prefixes) > 1:
-        raise ValueError(f"audio_encoder_ckpt {ckpt_path}: several audio nets in one checkpoint: {sorted(prefixes)}")
+        raise ValueError(f"{name}: several audio nets in one checkpoint: {sorted(prefixes)}")
     if prefixes:
         prefix = prefixes.pop()
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -45,7 +60,7 @@ def load_audio_encoder(audio_net: nn.Module, ckpt_path: str) -> None:
         if tuple(state[k].shape) != tuple(own[k].shape)
     )
     if missing or unexpected or mismatched:
-        lines = [f"audio_encoder_ckpt {ckpt_path} does not fit this model's audio net ({type(audio_net).__name__}):"]
+        lines = [f"{name} does not fit this model's audio net ({type(audio_net).__name__}):"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if keys:
                 shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
@@ -54,42 +69,50 @@ def load_audio_encoder(audio_net: nn.Module, ckpt_path: str) -> None:
     audio_net.load_state_dict(state, strict=True)
 
 
-def load_retrieval_checkpoint(path: str | os.PathLike, model_class: type | None = None,
+def load_retrieval_checkpoint(checkpoint: str | os.PathLike | Mapping, model_class: type | None = None,
                               map_location: str | torch.device = "cpu") -> nn.Module:
     """A VGS-Lightning module from a Lightning checkpoint, in eval mode.
 
-    The class is ``model_class`` or, for checkpoints written under LightningCLI, the ``_class_path`` in their
-    hyperparameters. Hyperparameters the class does not take are dropped with a warning (checkpoints written
-    while ``cli.py`` linked ``data.n_places`` into every model carry an ``n_places`` that retrieval modules
-    reject, so that ``load_from_checkpoint`` alone fails on them).
+    Args:
+        checkpoint: the checkpoint file, or the dict ``read_checkpoint`` returned (so that a tool that also needs
+            e.g. ``datamodule_hyper_parameters`` reads the file once).
+        model_class: the module class; None takes the ``_class_path`` that checkpoints written under LightningCLI
+            (and by the converter) record, which must name a ``VGSModule`` of ``lightning_modules``.
+        map_location: where the tensors go when ``checkpoint`` is a path.
     """
     from .base import VGSModule  # base imports this module for load_audio_encoder
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoints.py: no checkpoint file {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if model_class is None:
-        class_path = hparams.get("_class_path")
-        if not class_path:
-            raise ValueError(f"checkpoints.py: checkpoint {path} names no model class (_class_path); pass "
-                             "model_class (e.g. lightning_modules.DAVEnet)")
-        module_name, _, name = class_path.rpartition(".")
-        model_class = getattr(importlib.import_module(module_name), name)
-    accepted = set()
-    for cls in model_class.__mro__:
-        if isinstance(cls, type) and issubclass(cls, VGSModule) and "__init__" in vars(cls):
-            accepted |= set(inspect.signature(cls.__init__).parameters)
-    extra = sorted(k for k in hparams if not k.startswith("_") and k not in accepted)
-    if not extra:
-        model = model_class.load_from_checkpoint(path, map_location=map_location)
+    if isinstance(checkpoint, Mapping):
+        ckpt, name = checkpoint, "checkpoint"
     else:
-        warnings.warn(f"{path}: ignoring hyperparameters that {model_class.__name__} does not take: {extra}",
-                      stacklevel=2)
-        ckpt["hyper_parameters"] = {k: v for k, v in hparams.items() if k not in extra}
-        buffer = io.BytesIO()
-        torch.save(ckpt, buffer)
-        buffer.seek(0)
-        model = model_class.load_from_checkpoint(buffer, map_location=map_location)
+        ckpt, name = read_checkpoint(checkpoint, map_location), f"checkpoint {os.fspath(checkpoint)}"
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if model_class is None:
+        model_class = _recorded_class(hparams.get("_class_path"), name, VGSModule)
+    instantiator = hparams.pop("_instantiator", None)
+    if instantiator is None:  # saved from Python: the init args themselves
+        model = model_class(**{k: v for k, v in hparams.items() if k != "_class_path"})
+    elif instantiator == CLI_INSTANTIATOR:
+        from pytorch_lightning.cli import instantiate_module
+
+        model = instantiate_module(model_class, hparams)
+    else:
+        raise ValueError(f"{name}: unknown instantiator {instantiator!r} (expected {CLI_INSTANTIATOR})")
+    model.on_load_checkpoint(dict(ckpt))
+    model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def _recorded_class(class_path: Any, name: str, base: type) -> type:
+    """The class a checkpoint names; only VGS-Lightning modules are imported, never a module the file chooses."""
+    if not isinstance(class_path, str) or not class_path:
+        raise ValueError(f"{name} names no model class (_class_path); pass model_class "
+                         "(e.g. lightning_modules.DAVEnet)")
+    module_name, _, class_name = class_path.rpartition(".")
+    if module_name.split(".")[0] != "lightning_modules":
+        raise ValueError(f"{name} names the class {class_path!r}, which is not a VGS-Lightning module; pass "
+                         "model_class to load it")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{name} names {class_path!r}, which is not a {base.__name__} subclass")
+    return cls

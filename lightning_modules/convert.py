@@ -51,13 +51,11 @@ import torch
 from torch import Tensor, nn
 
 from .base import RetrievalModule
+from .checkpoints import CLI_INSTANTIATOR
 from .core.similarity import SIMILARITY_KINDS
+from .core.weights import as_state_dict, read_state_dict
 from .davenet import DAVEnet
 from .resdavenet import ResDAVEnet
-
-# How LightningCLI itself marks a checkpoint's hyperparameters (pytorch_lightning.cli._InstantiatorFn):
-# `load_from_checkpoint` then rebuilds the class through jsonargparse, and `cli.py --ckpt_path` reads them back.
-CLI_INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
 
 VQ_KEY = re.compile(r"^quant\d+\.")
 STAGE_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
@@ -75,6 +73,7 @@ class Source:
     audio_class: str  # the official classes, for messages
     image_class: str
     infer: Callable[[dict, dict, str, str], dict]  # (audio, image, audio_name, image_name) -> init args
+    similarity_kind: str  # the official similarity, stored unless --similarity says otherwise
     image_renames: tuple[tuple[str, str], ...] = ()  # (official prefix, ours), after `module.` is stripped
     dropped_audio: tuple[str, ...] = ()  # audio key prefixes that the official forward never uses
     vq_aside: bool = False  # `quant<k>.*` audio keys (VQ codebooks) are set aside rather than rejected
@@ -86,33 +85,7 @@ class Source:
         return f"{self.module.__module__}.{self.module.__name__}"
 
 
-# ---- reading and key handling ------------------------------------------------------------------------------
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A state dict (name -> tensor) saved with `torch.save`; a clear error for anything else."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConversionError(f"{path}: not a readable torch state dict file ({err})") from err
-    return as_state_dict(state, path)
-
-
-def as_state_dict(state: Any, name: str) -> dict[str, Tensor]:
-    """Check that `state` maps parameter names to tensors (as the official trainers save them)."""
-    if not isinstance(state, Mapping):
-        raise ConversionError(f"{name}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
-    not_tensors = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    if not_tensors:
-        hint = " (a Lightning checkpoint? it needs no conversion)" if "state_dict" in state else ""
-        raise ConversionError(
-            f"{name}: expected a state dict (parameter name -> tensor), but {_listing(not_tensors)} "
-            f"{'is' if len(not_tensors) == 1 else 'are'} not tensors{hint}"
-        )
-    return dict(state)
-
-
+# ---- key handling ------------------------------------------------------------------------------------------
 def strip_dataparallel(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], bool]:
     """Remove `nn.DataParallel`'s `module.` prefix (both official trainers save through it); also say if any was."""
     out, stripped = {}, False
@@ -227,6 +200,7 @@ def _infer_resdavenet(audio: dict, image: dict, audio_name: str, image_name: str
 SOURCES: dict[str, Source] = {
     "davenet-pytorch": Source(
         module=DAVEnet, audio_class="Davenet", image_class="VGG16", infer=_infer_davenet,
+        similarity_kind="MISA",  # the --simtype default of run.py
         # One nn.Sequential: VGG16 features 0..29 (last max-pool removed), then the 3x3 conv at index 30.
         image_renames=(("image_model.30.", "embedder."), ("image_model.", "features.")),
         arch_args=("embedding_dim", "audio_width_mult", "image_width_mult", "conv_batchnorm", "image_batch_norm",
@@ -234,6 +208,7 @@ SOURCES: dict[str, Source] = {
     ),
     "resdavenet-vq": Source(
         module=ResDAVEnet, audio_class="ResDavenetVQ", image_class="Resnet50", infer=_infer_resdavenet,
+        similarity_kind="SISA",  # equals the official compute_pooldot_similarity_matrix
         dropped_audio=("batchnorm1.",), vq_aside=True,
         arch_args=("layer_widths", "layer_depths", "convsize", "embedding_dim", "audio_width_mult", "image_arch",
                    "image_width_mult", "pretrained_image"),
@@ -275,7 +250,7 @@ def load_official(
     aside = {k: audio.pop(k) for k in dropped + unused}
 
     init_args = spec.infer(audio, image, audio_name, image_name)
-    init_args["similarity_kind"] = "MISA" if spec.module is DAVEnet else "SISA"
+    init_args["similarity_kind"] = spec.similarity_kind
     init_args["normalize_outputs"] = False
     for key, value in overrides.items():
         value = list(value) if isinstance(value, tuple) else value
@@ -365,7 +340,8 @@ def convert(
     if os.path.abspath(out_path) in {os.path.abspath(audio_path), os.path.abspath(image_path)}:
         raise ValueError(f"--out {out_path} would overwrite an input file")
     module, report = load_official(
-        source, read_state_dict(audio_path), read_state_dict(image_path), audio_path, image_path, **overrides
+        source, read_state_dict(audio_path, "audio file"), read_state_dict(image_path, "image file"), audio_path,
+        image_path, **overrides,
     )
     for message in report["warnings"]:
         warnings.warn(message, UserWarning, stacklevel=2)

@@ -83,7 +83,7 @@ class RetrievalRecallMetric(Metric):
         super().__init__(**kwargs)
         if similarity_kind not in SIMILARITY_KINDS:
             raise ValueError(
-                f"metrics.py: similarity_kind must be one of {SIMILARITY_KINDS}, got {similarity_kind!r}"
+                f"similarity_kind must be one of {SIMILARITY_KINDS}, got {similarity_kind!r}"
             )
         self.similarity_kind = similarity_kind
         self.ks = tuple(int(k) for k in ks)
@@ -103,22 +103,22 @@ class RetrievalRecallMetric(Metric):
         valid output frames (None: all T' valid; ignored for pooled outputs), index [B] dataset positions,
         image_id [B] image group ids (needed when ``group_by_image``)."""
         if index is None:
-            raise ValueError("metrics.py: RetrievalRecallMetric.update needs the dataset `index` of each item")
+            raise ValueError("RetrievalRecallMetric.update needs the dataset `index` of each item")
         B = image_out.size(0)
         index = torch.as_tensor(index, device=image_out.device).reshape(-1).long()
         if audio_out.size(0) != B or index.numel() != B:
-            raise ValueError(f"metrics.py: update got {B} images, {audio_out.size(0)} captions and "
+            raise ValueError(f"update got {B} images, {audio_out.size(0)} captions and "
                              f"{index.numel()} indices")
         pooled = self.similarity_kind == "dot"
         if pooled:
             if image_out.dim() != 2 or audio_out.dim() != 2:
-                raise ValueError(f"metrics.py: kind 'dot' stores pooled [B, D] outputs, got "
+                raise ValueError(f"kind 'dot' stores pooled [B, D] outputs, got "
                                  f"{tuple(image_out.shape)} and {tuple(audio_out.shape)}")
             lengths = torch.ones(B, dtype=torch.long, device=audio_out.device)
             packed = audio_out
         else:
             if image_out.dim() not in (3, 4) or audio_out.dim() != 3:
-                raise ValueError(f"metrics.py: kind {self.similarity_kind!r} stores image maps [B, D, H, W] "
+                raise ValueError(f"kind {self.similarity_kind!r} stores image maps [B, D, H, W] "
                                  f"and audio maps [B, D, T'], got {tuple(image_out.shape)} and "
                                  f"{tuple(audio_out.shape)}")
             T = audio_out.size(-1)
@@ -127,12 +127,12 @@ class RetrievalRecallMetric(Metric):
             else:
                 lengths = torch.as_tensor(nframes, device=audio_out.device).reshape(-1).long()
                 if lengths.numel() != B or int(lengths.min()) < 1 or int(lengths.max()) > T:
-                    raise ValueError(f"metrics.py: nframes must be {B} counts in [1, T'={T}], got {lengths.tolist()}")
+                    raise ValueError(f"nframes must be {B} counts in [1, T'={T}], got {lengths.tolist()}")
             valid = torch.arange(T, device=audio_out.device)[None, :] < lengths[:, None]
             packed = audio_out.transpose(1, 2)[valid]  # [sum(lengths), D], item after item
         if image_id is None:
             if self.group_by_image:
-                raise ValueError("metrics.py: group_by_image=True needs image_id in update")
+                raise ValueError("group_by_image=True needs image_id in update")
             image_id = torch.full((B,), -1, dtype=torch.long, device=image_out.device)
         image_id = torch.as_tensor(image_id, device=image_out.device).reshape(-1).long()
         self.image.append(self._store(image_out))
@@ -143,7 +143,7 @@ class RetrievalRecallMetric(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         if (self.index.numel() == 0) if isinstance(self.index, Tensor) else not self.index:
-            raise RuntimeError("metrics.py: RetrievalRecallMetric.compute() called before any update()")
+            raise RuntimeError("RetrievalRecallMetric.compute() called before any update()")
         image, audio = dim_zero_cat(self.image), dim_zero_cat(self.audio)
         nframes, index, image_id = dim_zero_cat(self.nframes), dim_zero_cat(self.index), dim_zero_cat(self.image_id)
         select = one_per_index(index)

@@ -21,7 +21,7 @@ from .optim import OptimizerName, ScheduleName
 
 class NIPS2016(RetrievalModule):
     """NIPS2016 retrieval model. The optimiser defaults are the paper's: SGD, momentum 0.9, lr 1e-5 with
-    geometric decay (the paper gives a range, /2-/5 every 5-10 epochs; we take /2 every 5).
+    geometric decay (the paper gives a range, /2-/5 every 5-10 epochs; we take /2 every 5), no weight decay.
 
     ``ACL2017`` is this model with another audio net (``audio_net_class``) and mean pooling.
 
@@ -35,6 +35,8 @@ class NIPS2016(RetrievalModule):
             torchvision-format weights file. The paper uses ImageNet VGG16.
         similarity_kind: ``"dot"``.
         loss: defaults to the sampled margin ranking loss (margin 1).
+        weight_decay: 0.0. Neither NIPS2016 nor ACL2017 reports a weight decay and neither has official code, so
+            none is added; the 5e-7 that ``VGSModule`` defaults to is the DAVEnet and ResDAVEnet code's value.
         **kwargs: see ``RetrievalModule`` and ``VGSModule``.
     """
 
@@ -53,6 +55,7 @@ class NIPS2016(RetrievalModule):
         optimizer: OptimizerName = "sgd",
         lr: float = 1e-5,
         momentum: float = 0.9,
+        weight_decay: float = 0.0,
         lr_schedule: ScheduleName = "step",
         lr_step_epochs: int = 5,
         lr_decay: float = 0.5,
@@ -60,7 +63,8 @@ class NIPS2016(RetrievalModule):
     ):
         super().__init__(
             similarity_kind=similarity_kind, loss=loss, optimizer=optimizer, lr=lr, momentum=momentum,
-            lr_schedule=lr_schedule, lr_step_epochs=lr_step_epochs, lr_decay=lr_decay, **kwargs,
+            weight_decay=weight_decay, lr_schedule=lr_schedule, lr_step_epochs=lr_step_epochs, lr_decay=lr_decay,
+            **kwargs,
         )
         self.audio_net = self.audio_net_class(embedding_dim, pooling, audio_width_mult, conv_batchnorm)
         self.image_net = VGG16FC7Image(embedding_dim, pretrained=pretrained_image, width_mult=image_width_mult)

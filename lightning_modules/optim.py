@@ -10,8 +10,10 @@ numbers as init args (easy to read in a config, flat in W&B) and build the optim
 | ResDAVEnet | Adam, wd 5e-7 | lr 2e-4 x 0.95 every 3 epochs |
 | demo (CPU) | AdamW | cosine decay over the trainer's ``max_time`` budget |
 
-Step schedules count epochs from 0, as ``torch.optim.lr_scheduler.StepLR`` does. The official DAVEnet code
-counts from 1, so its first decay comes one epoch earlier (after epoch 39 instead of 40).
+Step schedules count epochs from 0, as ``torch.optim.lr_scheduler.StepLR`` does. The official DAVEnet and
+ResDAVEnet code counts from 1, so each decay comes one epoch earlier there (DAVEnet: after epoch 39 instead of 40;
+ResDAVEnet: after 2 instead of 3). DAVEnet's Adam option uses betas (0.95, 0.999); ResDAVEnet's Adam torch's
+default (0.9, 0.999), which is the ``betas`` default here.
 """
 
 from __future__ import annotations

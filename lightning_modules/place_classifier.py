@@ -1,17 +1,17 @@
 """Place-classifier warm-up: the audio branch learns to predict the image's scene class from the caption.
 
-Embedding models are hard to train from scratch; the seed notebook's practice is to pre-train the audio
-branch on this simpler task, then warm-start retrieval from it:
+Embedding models are hard to train from scratch; a common practice is to pre-train the audio branch on this
+simpler task, then warm-start retrieval from it:
 
     python cli.py fit --config configs/place_warmup.yaml
     python cli.py fit --config configs/davenet.yaml --model.audio_encoder_ckpt <best place checkpoint>
 
-Not in the papers or the official code (see the reference notes, section 10): a project addition.
+Not in the papers or the official code, a project addition (docs/provenance.md says where it comes from).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -20,76 +20,54 @@ from torch import nn
 
 from .base import VGSModule
 from .metrics import PlaceAccuracyMetric
-from .nets import ACL2017AudioNet, AudioPlaceClassifier, DAVEnetAudioNet, NIPS2016AudioNet, ResDAVEnetAudioNet
+from .nets import AudioPlaceClassifier, DAVEnetAudioNet
 from .optim import OptimizerName, ScheduleName
 
-AudioNetName = Literal["davenet", "resdavenet", "acl2017", "nips2016"]
-
-
-def build_audio_net(
-    name: AudioNetName,
-    embedding_dim: int | None = None,
-    width_mult: float = 1.0,
-    conv_batchnorm: bool = False,
-    layer_widths: Sequence[int] | None = None,
-) -> nn.Module:
-    """The audio net ``name`` with the same arguments the retrieval modules give it, so that its weights
-    load into them unchanged. ``embedding_dim=None`` keeps each net's default (ResDAVEnet: its last width)."""
-    if name == "resdavenet":
-        widths = list(layer_widths) if layer_widths else [128, 128, 256, 512, 1024]
-        return ResDAVEnetAudioNet(layer_widths=widths, width_mult=width_mult, embedding_dim=embedding_dim)
-    embedding_dim = embedding_dim or 1024
-    if name == "davenet":
-        return DAVEnetAudioNet(embedding_dim, width_mult, conv_batchnorm)
-    if name == "acl2017":
-        return ACL2017AudioNet(embedding_dim, "mean", width_mult, conv_batchnorm)
-    if name == "nips2016":
-        return NIPS2016AudioNet(embedding_dim, "max", width_mult, conv_batchnorm)
-    raise ValueError(f"unknown audio net {name!r}; choose davenet, resdavenet, acl2017 or nips2016")
+# The audio net is an nn.Module init arg on purpose, chosen by class_path as the retrieval loss is (see base.py).
+warnings.filterwarnings("ignore", message=r"Attribute 'audio_net' is an instance of `nn.Module`")
 
 
 class PlaceClassifier(VGSModule):
     """Audio net + masked temporal pooling + linear head over ``n_places`` scene classes.
 
     Args:
+        audio_net: any audio net of ``lightning_modules.nets``, given by ``class_path`` in a config. Give it the
+            arguments the retrieval model gives its own (``DAVEnet(embedding_dim=128, audio_width_mult=0.25,
+            conv_batchnorm=True)`` -> ``DAVEnetAudioNet(embedding_dim=128, width_mult=0.25, conv_batchnorm=true)``),
+            so that its weights load into it with ``audio_encoder_ckpt``. None: ``DAVEnetAudioNet()`` at paper size.
         n_places: number of scene classes; None takes it from the datamodule's label map when training starts
             (205 for Places-205), and the checkpoint then records it.
-        audio_net: which audio net: ``"davenet"`` (default), ``"resdavenet"``, ``"acl2017"``, ``"nips2016"``.
-        embedding_dim: channels of the audio net's output; None keeps the net's default (1024).
-        audio_width_mult: scales the audio widths (CPU presets); must match the retrieval model to warm-start.
-        conv_batchnorm: BatchNorm after each audio conv (must match the retrieval model).
-        layer_widths: ResDAVEnet widths.
         pooling: ``"mean"`` or ``"max"`` over each caption's valid output frames.
         dropout: dropout before the linear head.
         label_smoothing: cross-entropy label smoothing.
-        **kwargs: optimiser and schedule args of ``VGSModule``.
+        **kwargs: optimiser and schedule args of ``VGSModule``; the defaults are DAVEnet's code (SGD, lr 1e-3,
+            momentum 0.9, weight decay 5e-7), decayed x0.1 every 10 epochs for a 30-epoch warm-up.
     """
 
     def __init__(
         self,
+        audio_net: nn.Module | None = None,
         n_places: int | None = None,
-        audio_net: AudioNetName = "davenet",
-        embedding_dim: int | None = None,
-        audio_width_mult: float = 1.0,
-        conv_batchnorm: bool = False,
-        layer_widths: Sequence[int] | None = None,
         pooling: Literal["mean", "max"] = "mean",
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
         optimizer: OptimizerName = "sgd",
         lr: float = 1e-3,
         lr_schedule: ScheduleName = "step",
+        lr_step_epochs: int = 10,
         **kwargs: Any,
     ):
-        super().__init__(optimizer=optimizer, lr=lr, lr_schedule=lr_schedule, **kwargs)
+        super().__init__(optimizer=optimizer, lr=lr, lr_schedule=lr_schedule, lr_step_epochs=lr_step_epochs, **kwargs)
+        # Until n_places is known the net waits outside the module tree (a tuple), so that its weights have one
+        # name in every state dict, model.audio_net.*, as the head's are model.classifier.*.
+        self._unbuilt_audio_net = (audio_net if audio_net is not None else DAVEnetAudioNet(),)
         self.model: AudioPlaceClassifier | None = None
         if n_places is not None:
             self._build(n_places)
 
     def _build(self, n_places: int) -> None:
         hp = self.hparams
-        net = build_audio_net(hp.audio_net, hp.embedding_dim, hp.audio_width_mult, hp.conv_batchnorm, hp.layer_widths)
-        self.model = AudioPlaceClassifier(net, n_places, pooling=hp.pooling, dropout=hp.dropout)
+        self.model = AudioPlaceClassifier(self._unbuilt_audio_net[0], n_places, pooling=hp.pooling, dropout=hp.dropout)
         self.val_acc = PlaceAccuracyMetric(n_places)
         self.test_acc = PlaceAccuracyMetric(n_places)
         self.hparams.n_places = n_places  # so that the checkpoint rebuilds the same head
@@ -101,11 +79,11 @@ class PlaceClassifier(VGSModule):
         if stage != "fit" and self.model is not None:
             super().setup(stage)
             return
-        data_places = int(getattr(self.trainer.datamodule, "n_places", 0) or 0) if self.trainer else 0
+        data_places = int(getattr(self.trainer.datamodule, "n_places", 0) or 0) if self._trainer is not None else 0
         if self.model is None:
             if not data_places:
                 raise ValueError(
-                    "PlaceClassifier: n_places is unknown; set data.place_labels=true with a train_manifest "
+                    "the place classifier's n_places is unknown; set data.place_labels=true with a train_manifest "
                     "(the label map gives it) or pass model.n_places"
                 )
             self._build(data_places)
@@ -118,9 +96,7 @@ class PlaceClassifier(VGSModule):
 
     @property
     def audio_net(self) -> nn.Module:
-        if self.model is None:
-            raise RuntimeError("PlaceClassifier is built when training starts (n_places comes from the data)")
-        return self.model.audio_net
+        return self._unbuilt_audio_net[0] if self.model is None else self.model.audio_net
 
     def forward(self, audio: torch.Tensor, nframes: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(audio, nframes)
@@ -167,7 +143,7 @@ class PlaceClassifier(VGSModule):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self.last_val_metrics = self._log_accuracy(self.val_acc, "val")
+        self._log_accuracy(self.val_acc, "val")
 
     def on_test_epoch_end(self) -> None:
         self.last_test_metrics = self._log_accuracy(self.test_acc, "test")

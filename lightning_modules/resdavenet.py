@@ -15,7 +15,7 @@ from typing import Any
 
 from .base import RetrievalModule
 from .core.losses import ResDAVEnetTripletLoss, RetrievalLoss
-from .nets import ResDAVEnetAudioNet, ResNet50Image
+from .nets import RESDAVENET_DEFAULT_WIDTHS, ResDAVEnetAudioNet, ResNet50Image
 from .optim import OptimizerName, ScheduleName
 
 
@@ -24,8 +24,9 @@ class ResDAVEnet(RetrievalModule):
     weight decay 5e-7, SISA (pooldot), sampled + semi-hard triplets with the official mask.
 
     Args:
-        layer_widths: stem and stage widths. The class default [128, 128, 256, 512, 1024] is the paper's;
-            the released checkpoints use [128, 256, 256, 512, 1024] (``RESDAVENET_RELEASED_WIDTHS``).
+        layer_widths: stem and stage widths. The default [128, 128, 256, 512, 1024] is the official ``ResDavenet``
+            class default (``RESDAVENET_DEFAULT_WIDTHS``); the released checkpoints use [128, 256, 256, 512, 1024]
+            (``RESDAVENET_RELEASED_WIDTHS``).
         layer_depths: basic blocks per stage.
         convsize: temporal kernel of the blocks.
         embedding_dim: output channels of both branches; None keeps ``layer_widths[-1]``.
@@ -41,7 +42,7 @@ class ResDAVEnet(RetrievalModule):
 
     def __init__(
         self,
-        layer_widths: Sequence[int] = (128, 128, 256, 512, 1024),
+        layer_widths: Sequence[int] = RESDAVENET_DEFAULT_WIDTHS,
         layer_depths: Sequence[int] = (2, 2, 2, 2),
         convsize: int = 9,
         embedding_dim: int | None = None,

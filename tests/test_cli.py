@@ -23,7 +23,7 @@ TINY_MODEL = {
     "DAVEnet": ["--model.embedding_dim=16", "--model.audio_width_mult=0.06", "--model.image_width_mult=0.06"],
     "ResDAVEnet": ["--model.layer_widths=[8,8,16,16,16]", "--model.image_arch=resnet18",
                    "--model.image_width_mult=0.125"],
-    "PlaceClassifier": ["--model.embedding_dim=16", "--model.audio_width_mult=0.06"],
+    "PlaceClassifier": ["--model.audio_net.init_args.embedding_dim=16", "--model.audio_net.init_args.width_mult=0.06"],
 }
 
 

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 import torchvision
 from official_layouts import bn_shapes, resdavenet_audio_shapes
 
-from lightning_modules.convert import ConversionError, convert, load_official, main, match_keys
+from lightning_modules.convert import SOURCES, ConversionError, convert, load_official, main, match_keys
 from lightning_modules.core.similarity import similarity_matrix
+from lightning_modules.core.weights import WeightsFileError
 from lightning_modules.davenet import DAVEnet
 from lightning_modules.nets import DAVEnetAudioNet, ResDAVEnetAudioNet, ResNet50Image, VGG16ConvImage
 from lightning_modules.resdavenet import ResDAVEnet
@@ -273,7 +274,8 @@ def test_davenet_matches_official_forward_and_direct_load(davenet_case):
     # Our plain nets loaded directly with the same weights agree too.
     audio_net, image_net = DAVEnetAudioNet(EMB, mask_padding=False).eval(), VGG16ConvImage(EMB).eval()
     audio_net.load_state_dict(_strip(davenet_case["audio"]))
-    image_net.load_state_dict(VGG16ConvImage.convert_official_state_dict(davenet_case["image"]))
+    image_renames = SOURCES["davenet-pytorch"].image_renames
+    image_net.load_state_dict(match_keys(image_net, _strip(davenet_case["image"]), image_renames, "image"))
     with torch.no_grad():
         torch.testing.assert_close(audio_out, audio_net(audio, nframes))
         torch.testing.assert_close(image_out, image_net(image))
@@ -449,10 +451,10 @@ def test_convert_stores_only_plain_overrides(davenet_case, tmp_path):
 def test_unreadable_files(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     torch.save(vgg16_sd(), tmp_path / "image.pth")
-    with pytest.raises(ConversionError, match=r"notes\.txt: not a readable torch state dict"):
+    with pytest.raises(WeightsFileError, match=r"audio file \S*notes\.txt: not a torch file"):
         convert("davenet-pytorch", tmp_path / "notes.txt", tmp_path / "image.pth", tmp_path / "o.ckpt")
     torch.save({"state_dict": davenet_audio_sd(), "epoch": 3}, tmp_path / "lightning.ckpt")
-    with pytest.raises(ConversionError, match=r"lightning\.ckpt: expected a state dict.*Lightning checkpoint"):
+    with pytest.raises(WeightsFileError, match=r"lightning\.ckpt: expected a state dict.*Lightning checkpoint"):
         convert("davenet-pytorch", tmp_path / "lightning.ckpt", tmp_path / "image.pth", tmp_path / "o.ckpt")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         convert("davenet-pytorch", tmp_path / "nope.pth", tmp_path / "image.pth", tmp_path / "o.ckpt")

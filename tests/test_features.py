@@ -41,7 +41,7 @@ def test_parity_with_librosa(n):
     ref = librosa_log_mel(y)
     assert ours.dtype == torch.float32
     assert ours.shape == ref.shape == (40, 1 + n // 160)
-    assert np.abs(ours.numpy() - ref).max() <= 0.01
+    assert np.abs(ours.numpy() - ref).max() <= 1e-3  # measured 4.1e-4 here (README)
     assert float(ours.max()) == 0.0 and float(ours.min()) >= -80.0
     assert (ref <= -79.99).any() == (ours <= -79.99).any()
 

@@ -13,7 +13,8 @@ from datamodules import PlacesAudioDataModule
 from lightning_modules import ACL2017, NIPS2016, DAVEnet, PlaceClassifier, ResDAVEnet
 from lightning_modules.base import NonFiniteLossError, load_audio_encoder
 from lightning_modules.core.losses import InfoNCELoss
-from lightning_modules.core.similarity import similarity_matrix
+from lightning_modules.core.similarity import paired_similarity, similarity_matrix
+from lightning_modules.nets import DAVEnetAudioNet
 
 # Tiny versions of every paper model; the real sizes are checked in test_nets.py.
 TINY = {
@@ -87,7 +88,9 @@ def test_forward_contract_feeds_similarity_matrix(name):
         assert out_nframes.tolist() == [math.ceil(n / 16) for n in nframes.tolist()]
     S = similarity_matrix(image_out, audio_out, out_nframes, kind=model.similarity_kind)
     assert S.shape == (3, 3) and torch.isfinite(S).all()
-    assert model.hparams.similarity_kind == model.similarity_kind
+    # the outputs are aligned pairs: S's diagonal is each pair's own score
+    paired = paired_similarity(image_out, audio_out, out_nframes, model.similarity_kind)
+    torch.testing.assert_close(S.diagonal(), paired)
 
 
 @pytest.mark.slow
@@ -102,9 +105,16 @@ def test_fit_two_epochs_decreases_loss_and_logs_recall(name, tiny_data, tmp_path
     trainer.fit(model, datamodule=tiny_data(drop_last=True))
     assert len(rec.train) == 2 and len(rec.val) == 2
     assert rec.train[1]["train/loss_epoch"] < rec.train[0]["train/loss_epoch"]
+    val = rec.val[-1]
     for key in ("val/a2i_R@1", "val/i2a_R@10", "val/mean_R@10", "val/a2i_median_rank"):
-        assert key in rec.val[-1]
-    assert 0.0 <= rec.val[-1]["val/mean_R@1"] <= 1.0
+        assert key in val
+    # recall over the whole 7-pair split (not a mean of per-batch values): multiples of 1/7, nested in k, and
+    # R@10 = 1 with fewer than 10 candidates; the mean is the mean of the two directions
+    for d in ("a2i", "i2a"):
+        r = [val[f"val/{d}_R@{k}"] for k in (1, 5, 10)]
+        assert all(v * 7 == pytest.approx(round(v * 7), abs=1e-5) for v in r) and r[0] <= r[1] <= r[2] == 1.0
+        assert 1 <= val[f"val/{d}_median_rank"] <= 7
+    assert val["val/mean_R@1"] == pytest.approx((val["val/a2i_R@1"] + val["val/i2a_R@1"]) / 2)
     assert "train/lr" in trainer.logged_metrics and "train/grad_norm" in trainer.logged_metrics
 
 
@@ -178,7 +188,7 @@ def test_nan_loss_stops_before_the_optimiser_step_and_keeps_the_checkpoints(tiny
 
 def test_audio_encoder_warm_start_loads_weights_and_rejects_mismatch(tmp_path):
     torch.manual_seed(0)
-    warm = PlaceClassifier(n_places=3, audio_net="davenet", embedding_dim=16, audio_width_mult=0.06)
+    warm = PlaceClassifier(DAVEnetAudioNet(embedding_dim=16, width_mult=0.06), n_places=3)
     ckpt = tmp_path / "warm.ckpt"
     torch.save({"state_dict": warm.state_dict()}, ckpt)
     target = TINY["DAVEnet"](audio_encoder_ckpt=str(ckpt))
@@ -223,18 +233,26 @@ def test_channels_last_gives_the_same_outputs():
 
 
 def test_place_classifier_trains_and_reports_deduplicated_accuracy(tiny_data, tmp_path):
+    from torch.utils.data import DataLoader, Subset
+
     pl.seed_everything(0)
-    dm = tiny_data(place_labels=True)
-    model = PlaceClassifier(n_places=dm.n_places, embedding_dim=16, audio_width_mult=0.06, optimizer="adam",
-                            lr=1e-2, lr_schedule="constant")
+    dm = tiny_data(place_labels=True, load_images=False)
+    model = PlaceClassifier(DAVEnetAudioNet(embedding_dim=16, width_mult=0.06), optimizer="adam", lr=1e-2,
+                            lr_schedule="constant")
     rec = Recorder()
-    _trainer(tmp_path, max_epochs=1, callbacks=[rec]).fit(model, datamodule=dm)
-    assert dm.n_places == 3
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[rec])
+    trainer.fit(model, datamodule=dm)
+    assert dm.n_places == 3 and model.hparams.n_places == 3  # from the data's label map
+    assert rec.train[-1]["train/loss_epoch"] < rec.train[0]["train/loss_epoch"]  # it trains
     acc = rec.val[-1]["val/acc_top1"]
-    # 7 validation items: accuracy is a multiple of 1/7, and top-5 of 3 classes is always right
+    # 7 validation items: accuracy is a multiple of 1/7, and the confusion matrix counts each item once
     assert round(acc * 7) == pytest.approx(acc * 7, abs=1e-6)
-    assert rec.val[-1]["val/acc_top5"] == 1.0
-    assert model.last_confusion.sum() == 7
+    assert model.last_confusion.sum() == 7 and model.last_confusion.trace() / 7 == pytest.approx(acc)
+    # items repeated with their dataset index (as DistributedSampler pads a split) count once
+    loader = dm.val_dataloader()
+    repeated = DataLoader(Subset(loader.dataset, [*range(7), 0, 0, 1]), batch_size=4, collate_fn=loader.collate_fn)
+    again = trainer.validate(model, dataloaders=repeated, verbose=False)[0]
+    assert again["val/acc_top1"] == pytest.approx(acc) and model.last_confusion.sum() == 7
 
 
 def test_place_accuracy_metric_drops_sampler_duplicates():

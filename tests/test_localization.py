@@ -17,7 +17,7 @@ from torch import nn
 from lightning_modules.analysis.__main__ import main as analysis_main
 from lightning_modules.analysis.localization import read_manifest_entries
 from lightning_modules.checkpoints import load_retrieval_checkpoint
-from lightning_modules.core.grounding import seconds_to_output_frames, word_frame_spans, word_heatmap
+from lightning_modules.core.grounding import word_frame_spans, word_heatmap
 from lightning_modules.core.localization import (
     localization_accuracy,
     naming_span,
@@ -51,10 +51,10 @@ def test_word_frame_spans_follow_each_nets_output_frames():
     three_stages = ResDAVEnetAudioNet(layer_widths=[4, 4, 4, 4], layer_depths=[1, 1, 1]).output_frames  # ceil(n/8)
     start, end = word_frame_spans(torch.tensor([1.89]), torch.tensor([2.29]), three_stages)
     assert (start.item(), end.item()) == (23, 29)
-    # the start frame agrees with the simple /16 rule of seconds_to_output_frames
+    # the start frame agrees with the simple rule: input frame floor(100 t) (10 ms hop), 16 input frames per output
     times = torch.rand(50, dtype=torch.float64) * 10
     start, _ = word_frame_spans(times, times + 0.3, davenet)
-    assert start.tolist() == [seconds_to_output_frames(float(t)) for t in times]
+    assert start.tolist() == [math.floor(float(t) * 100) // 16 for t in times]
 
 
 def test_word_heatmaps_equal_the_per_word_loop_reference():
@@ -286,27 +286,29 @@ def test_real_spokenscenes_sample(spokenscenes):
     assert len(names) == len(spoken) and all(t.split()[0] in LEXICON and t.split()[-1] in LEXICON for t in names)
 
 
-def test_command_line_loads_a_cli_checkpoint_and_prints_the_metric(spokenscenes, tmp_path, capsys):
+def test_command_line_loads_a_cli_checkpoint_and_prints_the_metric(spokenscenes, tmp_path, capsys, monkeypatch):
     import pytorch_lightning as pl
 
     model = _tiny_davenet()
     ckpt = tmp_path / "tiny.ckpt"
-    # what LightningCLI writes: the class path, the loss as its config, and a linked n_places that DAVEnet does not take
-    hparams = {**model.hparams, "_class_path": "lightning_modules.DAVEnet", "n_places": 5,
-               "loss": {"class_path": "lightning_modules.core.losses.SampledMarginRankLoss",
-                        "init_args": {"margin": 1.0}},
+    # what LightningCLI writes: the class path and the loss as its config
+    hparams = {**model.hparams, "_class_path": "lightning_modules.DAVEnet",
+               "loss": {"class_path": "lightning_modules.core.losses.InfoNCELoss", "init_args": {"scale": 20.0}},
                "_instantiator": "pytorch_lightning.cli.instantiate_module"}
     torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": pl.__version__,
                 "hyper_parameters": hparams, "datamodule_hyper_parameters": {"image_size": 64}}, ckpt)
-    with pytest.warns(UserWarning, match="n_places"):
-        loaded = load_retrieval_checkpoint(ckpt)
+    loaded = load_retrieval_checkpoint(ckpt)
     assert not loaded.training and torch.equal(loaded.audio_net.conv1.weight, model.audio_net.conv1.weight)
+    assert type(loaded.loss).__name__ == "InfoNCELoss" and loaded.loss.scale == 20.0  # the class_path config, built
 
     out_json = tmp_path / "loc.json"
-    with pytest.warns(UserWarning, match="n_places"):
-        results = analysis_main(["localization", "--ckpt", str(ckpt), "--manifest", str(spokenscenes),
-                                 "--word", "shape", "name", "--batch-size", "4", "--limit", "8",
-                                 "--json", str(out_json)])
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw.get("weights_only")) or real_load(*a, **kw))
+    results = analysis_main(["localization", "--ckpt", str(ckpt), "--manifest", str(spokenscenes),
+                             "--word", "shape", "name", "--batch-size", "4", "--limit", "8", "--json", str(out_json)])
+    monkeypatch.undo()
+    assert loads == [True]  # the checkpoint is read once, safely; the image size comes from that one read
     printed = capsys.readouterr().out
     assert "(8 pairs, images resized to 64 px)" in printed and "word=name" in printed and "chance" in printed
     saved = json.loads(out_json.read_text())
@@ -324,5 +326,9 @@ def test_command_line_loads_a_cli_checkpoint_and_prints_the_metric(spokenscenes,
     direct = localization_accuracy(model, loader, entries, mask_root, word="name")
     assert saved["name"]["accuracy"] == pytest.approx(direct["accuracy"])
     assert saved["name"]["n_words"] == direct["n_words"]
-    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint \S*missing\.ckpt: no such file"):
         load_retrieval_checkpoint(tmp_path / "missing.ckpt")
+    extra = {**hparams, "n_places": 5}  # an init arg DAVEnet does not take is an error, not silently dropped
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": extra}, tmp_path / "extra.ckpt")
+    with pytest.raises(Exception, match="n_places"):
+        load_retrieval_checkpoint(tmp_path / "extra.ckpt")

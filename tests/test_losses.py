@@ -1,4 +1,4 @@
-"""losses.py: expectations of the sampled losses, loop references of the deterministic ones."""
+"""``core.losses``: expectations of the sampled losses, loop references of the deterministic ones."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""retrieval.py: ``retrieval_metrics`` against a stable-sort loop; the Metric against direct computation,
+"""``core.retrieval_metrics``: ``retrieval_metrics`` against a stable-sort loop; the Metric against direct computation,
 including a 2-process DDP run with DistributedSampler padding."""
 
 import os

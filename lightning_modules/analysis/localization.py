@@ -13,30 +13,22 @@ import json
 import os
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, Subset
 
 from datamodules import PlacesAudioDataset
+from datamodules.manifest import read_manifest_json, resolve_path
 from datamodules.places_audio import PlacesAudioCollate
 
-from ..checkpoints import load_retrieval_checkpoint
+from ..checkpoints import load_retrieval_checkpoint, read_checkpoint
 from ..core.localization import REDUCTIONS, WORDS, localization_accuracy
 
 
 def read_manifest_entries(path: str | os.PathLike) -> tuple[list[dict], str | None]:
-    """The items of a manifest JSON and its mask folder (``mask_base_path`` joined to the manifest's folder)."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"analysis localization: cannot read manifest {path}: {err}") from err
-    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
-        raise ValueError(f"analysis localization: manifest {path} has no 'data' list")
-    base = raw.get("mask_base_path")
-    mask_root = None if base is None else os.path.join(os.path.dirname(os.path.abspath(path)), base)
-    return raw["data"], mask_root
-
+    """The items of a SpokenScenes manifest (read and validated by ``datamodules``) and its mask folder
+    (``mask_base_path`` resolved against the manifest's folder; None without one)."""
+    entries, top = read_manifest_json(path)
+    base = top.get("mask_base_path")
+    return entries, None if base is None else resolve_path(path, base)
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
@@ -68,10 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, dict]:
     """Print (and optionally save) the localisation accuracy of ``args.ckpt`` on ``args.manifest``."""
-    model = load_retrieval_checkpoint(args.ckpt)
+    ckpt = read_checkpoint(args.ckpt)
+    model = load_retrieval_checkpoint(ckpt)
     image_size = args.image_size
     if image_size is None:
-        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=False)
         image_size = int((ckpt.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
     entries, mask_root = read_manifest_entries(args.manifest)
     dataset = PlacesAudioDataset(args.manifest, target_length=None, image_transform="resize", image_size=image_size)

@@ -5,6 +5,7 @@
     retrieval_metrics.py  exact recall@k and ranks from a similarity matrix
     grounding.py          matchmap heat maps of captions and words, word frame spans, colour helpers
     localization.py       speech-prompted localisation accuracy (pointing game) and its baselines
+    weights.py            the one safe reader of weights files (torch.load(weights_only=True), clear errors)
 
 Together with ``lightning_modules.nets`` this is the library a researcher can lift into their own code; a test
 checks that importing it loads none of the above.

@@ -31,11 +31,6 @@ def caption_heatmap(image_out: torch.Tensor, audio_out: torch.Tensor, nframes: i
     return mm.amax(dim=-1)
 
 
-def seconds_to_output_frames(seconds: float, frames_per_second: float = 100.0, downsample: int = 16) -> int:
-    """Output frame of time ``seconds``: 100 input frames per second (10 ms hop), ``downsample`` x fewer out."""
-    return int(seconds * frames_per_second) // downsample
-
-
 def blend_heatmap(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """Blend a heat map into an RGB image.
 

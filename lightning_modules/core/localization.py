@@ -54,7 +54,7 @@ def naming_span(word_index: Sequence[int], word: str = "shape") -> tuple[int, in
     "big red [star]" and "a big [star] that is red" (the colour comes after a gap).
     """
     if word not in WORDS:
-        raise ValueError(f"localization.py: word must be one of {WORDS}, got {word!r}")
+        raise ValueError(f"word must be one of {WORDS}, got {word!r}")
     if not word_index:
         return None
     idx = sorted(int(i) for i in word_index)
@@ -78,7 +78,7 @@ def spoken_objects(entries: Sequence[dict], word: str = "shape") -> dict[str, An
     for i, entry in enumerate(entries):  # parsing JSON items; the heat maps themselves are batched
         if not isinstance(entry, dict) or "words" not in entry or "objects" not in entry:
             have = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-            raise ValueError(f"localization.py: entry {i} has no 'words'/'objects' (got {have}); speech-prompted "
+            raise ValueError(f"entry {i} has no 'words'/'objects' (got {have}); speech-prompted "
                              "localisation needs a SpokenScenes manifest (word timings and object masks)")
         words = entry["words"]
         for k, obj in enumerate(entry["objects"]):
@@ -86,7 +86,7 @@ def spoken_objects(entries: Sequence[dict], word: str = "shape") -> dict[str, An
             if span is None:
                 continue
             if span[1] >= len(words) or span[0] < 0:
-                raise ValueError(f"localization.py: entry {i} ({entry.get('uttid', '')}), object {k}: word_index "
+                raise ValueError(f"entry {i} ({entry.get('uttid', '')}), object {k}: word_index "
                                  f"{obj['word_index']} points past the caption's {len(words)} words")
             cols["pair"].append(i)
             cols["object"].append(k)
@@ -117,9 +117,9 @@ def word_heatmaps(image_out: Tensor, audio_out: Tensor, pair: Tensor, start: Ten
         pair: [K] rows of the batch; start, end: [K] output frames.
     """
     if reduce not in REDUCTIONS:
-        raise ValueError(f"localization.py: reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     if image_out.dim() != 4 or audio_out.dim() != 3 or image_out.shape[:2] != audio_out.shape[:2]:
-        raise ValueError(f"localization.py: need image maps [B, D, H, W] and frame maps [B, D, T] of the same B and "
+        raise ValueError(f"need image maps [B, D, H, W] and frame maps [B, D, T] of the same B and "
                          f"D, got {tuple(image_out.shape)} and {tuple(audio_out.shape)}")
     K, (H, W), T = pair.numel(), image_out.shape[-2:], audio_out.size(-1)
     pair = pair.to(image_out.device)
@@ -148,10 +148,10 @@ def peak_in_mask(heat: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
     Returns ``hits`` [K] bool (the peak pixel lies in the mask) and ``peaks`` [K, 2] (row, column) in pixels.
     """
     if heat.dim() != 3 or masks.dim() != 3 or heat.size(0) != masks.size(0):
-        raise ValueError(f"localization.py: need heat maps [K, h, w] and masks [K, H, W], got {tuple(heat.shape)} "
+        raise ValueError(f"need heat maps [K, h, w] and masks [K, H, W], got {tuple(heat.shape)} "
                          f"and {tuple(masks.shape)}")
     if not torch.isfinite(heat).all():
-        raise ValueError("localization.py: heat maps are not finite; the model's outputs hold NaN or inf")
+        raise ValueError("heat maps are not finite; the model's outputs hold NaN or inf")
     (K, h, w), (H, W) = heat.shape, masks.shape[1:]
     best = heat.flatten(1).argmax(1).cpu()
     cell = torch.stack([best // w, best % w], dim=1).double()
@@ -165,7 +165,7 @@ def _load_mask(mask: Any, mask_root: str | os.PathLike | None) -> Tensor:
     """A bool [H, W] mask from a path under ``mask_root`` (PNG, nonzero = object) or an array / tensor."""
     if isinstance(mask, (str, os.PathLike)):
         if mask_root is None:
-            raise ValueError(f"localization.py: mask {mask!r} is a path but no mask_root was given (the manifest's "
+            raise ValueError(f"mask {mask!r} is a path but no mask_root was given (the manifest's "
                              "mask_base_path, relative to the manifest's folder)")
         from PIL import Image  # only needed for masks stored as files
 
@@ -174,10 +174,10 @@ def _load_mask(mask: Any, mask_root: str | os.PathLike | None) -> Tensor:
             with Image.open(path) as img:
                 return torch.from_numpy(np.asarray(img.convert("L")) > 127)
         except (OSError, ValueError) as err:
-            raise ValueError(f"localization.py: cannot read mask {path}: {err}") from err
+            raise ValueError(f"cannot read mask {path}: {err}") from err
     mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
     if mask.dim() != 2:
-        raise ValueError(f"localization.py: a mask must be [H, W], got shape {tuple(mask.shape)}")
+        raise ValueError(f"a mask must be [H, W], got shape {tuple(mask.shape)}")
     return mask.bool()
 
 
@@ -230,10 +230,10 @@ def localization_accuracy(
         "size", "text"}.
     """
     if reduce not in REDUCTIONS:
-        raise ValueError(f"localization.py: reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     audio_net = getattr(model, "audio_net", None)
     if audio_net is None or not hasattr(audio_net, "output_frames"):
-        raise ValueError("localization.py: the model needs an audio_net with output_frames (a retrieval module)")
+        raise ValueError("the model needs an audio_net with output_frames (a retrieval module)")
     objects = spoken_objects(entries, word)
     lookup = torch.full((len(entries),), -1, dtype=torch.long)  # pair -> row in the current batch
     done = torch.zeros(len(entries), dtype=torch.bool)  # a pair seen twice is counted once
@@ -246,7 +246,7 @@ def localization_accuracy(
         for batch in batches:
             index = torch.as_tensor(batch["index"]).long().cpu()
             if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(entries)):
-                raise ValueError(f"localization.py: batch index {int(index.max())} is outside the {len(entries)} "
+                raise ValueError(f"batch index {int(index.max())} is outside the {len(entries)} "
                                  "entries; batches and entries must come from the same manifest")
             fresh = ~done[index]
             lookup[index[fresh]] = torch.arange(index.numel())[fresh]
@@ -256,7 +256,7 @@ def localization_accuracy(
                     batch["image"].to(device), batch["audio"].to(device), batch["nframes"].to(device))
                 if out_nframes is None or image_out.dim() != 4 or audio_out.dim() != 3:
                     raise ValueError(
-                        "localization.py: needs a frame-level model whose forward returns image maps [B, D, H, W], "
+                        "needs a frame-level model whose forward returns image maps [B, D, H, W], "
                         f"frame maps [B, D, T] and their valid frames; got {tuple(image_out.shape)}, "
                         f"{tuple(audio_out.shape)}, out_nframes={out_nframes} (pooled models cannot localise)")
                 b = lookup[objects["pair"][sel]]
@@ -285,7 +285,7 @@ def localization_accuracy(
         model.train(was_training)
 
     if not rows["row"]:
-        raise ValueError("localization.py: no spoken object of the entries was found in the batches")
+        raise ValueError("no spoken object of the entries was found in the batches")
     row = torch.cat(rows["row"])
     hit, area, centre = torch.cat(rows["hit"]), torch.cat(rows["area"]), torch.cat(rows["centre"])
     shapes = [objects["shape"][i] for i in row.tolist()]

@@ -33,12 +33,12 @@ from .similarity import paired_similarity, similarity_matrix
 # ---- helpers ---------------------------------------------------------------------------------------------
 def _check_batch(B: int, what: str) -> None:
     if B < 2:
-        raise ValueError(f"losses.py: {what} needs a batch of at least 2 pairs to draw impostors from, got {B}")
+        raise ValueError(f"{what} needs a batch of at least 2 pairs to draw impostors from, got {B}")
 
 
 def _check_square(S: Tensor, what: str) -> None:
     if S.dim() != 2 or S.size(0) != S.size(1):
-        raise ValueError(f"losses.py: {what} takes a square [B, B] similarity matrix, got {tuple(S.shape)}")
+        raise ValueError(f"{what} takes a square [B, B] similarity matrix, got {tuple(S.shape)}")
 
 
 def _other_index(B: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
@@ -111,7 +111,7 @@ def triplet_semihard(S: Tensor, margin: float = 1.0, mask: str = "official") -> 
     elif mask == "strict":
         impostor = S.masked_fill(~below, float("-inf")).max(dim=1).values
     else:
-        raise ValueError(f"losses.py: triplet_semihard mask must be 'official' or 'strict', got {mask!r}")
+        raise ValueError(f"triplet_semihard mask must be 'official' or 'strict', got {mask!r}")
     return F.relu(impostor - positive + margin).mean()
 
 
@@ -178,7 +178,7 @@ class ResDAVEnetTripletLoss(RetrievalLoss):
     def __init__(self, margin: float = 1.0, semihard_mask: str = "official"):
         super().__init__()
         if semihard_mask not in ("official", "strict"):
-            raise ValueError(f"losses.py: semihard_mask must be 'official' or 'strict', got {semihard_mask!r}")
+            raise ValueError(f"semihard_mask must be 'official' or 'strict', got {semihard_mask!r}")
         self.margin = margin
         self.semihard_mask = semihard_mask
 
@@ -207,7 +207,7 @@ class InfoNCELoss(RetrievalLoss):
     def __init__(self, scale: float = 30.0, learnable_scale: bool = False, max_scale: float = 100.0):
         super().__init__()
         if scale <= 0 or max_scale <= 0:
-            raise ValueError(f"losses.py: InfoNCELoss scale and max_scale must be > 0, got {scale}, {max_scale}")
+            raise ValueError(f"InfoNCELoss scale and max_scale must be > 0, got {scale}, {max_scale}")
         self.learnable_scale = learnable_scale
         self.max_scale = max_scale
         if learnable_scale:

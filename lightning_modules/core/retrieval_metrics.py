@@ -99,19 +99,19 @@ def retrieval_metrics(
         ``a2i_median_rank``, ``i2a_mean_rank``, ``i2a_median_rank`` (ranks are 1-based), as Python floats.
     """
     if S.dim() != 2 or S.size(0) != S.size(1) or S.size(0) == 0:
-        raise ValueError(f"retrieval.py: S must be a non-empty square [N, N] matrix, got {tuple(S.shape)}")
+        raise ValueError(f"S must be a non-empty square [N, N] matrix, got {tuple(S.shape)}")
     # One min/max pass both rejects NaN (it propagates) and tells whether the fast finite count applies.
     low, high = (float(v) for v in torch.aminmax(S if S.is_floating_point() else S.double()))
     if math.isnan(low) or math.isnan(high):
-        raise ValueError("retrieval.py: S contains NaN; the model's outputs are not finite")
+        raise ValueError("S contains NaN; the model's outputs are not finite")
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
-        raise ValueError(f"retrieval.py: ks must be positive integers, got {ks}")
+        raise ValueError(f"ks must be positive integers, got {ks}")
     N = S.size(0)
     if chunk_size is None:
         chunk_size = max(1, _RANK_CHUNK_ELEMENTS // N)
     if chunk_size < 1:
-        raise ValueError(f"retrieval.py: chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     finite = S.is_floating_point() and math.isfinite(low) and math.isfinite(high) and N < 2**24
     if finite and S.dtype in (torch.float16, torch.bfloat16):
         S = S.float()  # exact, and the +-1 counts need float32
@@ -122,7 +122,7 @@ def retrieval_metrics(
     else:
         image_ids = torch.as_tensor(image_ids, device=S.device).reshape(-1)
         if image_ids.numel() != N:
-            raise ValueError(f"retrieval.py: image_ids must have N={N} entries, got {image_ids.numel()}")
+            raise ValueError(f"image_ids must have N={N} entries, got {image_ids.numel()}")
         unique_ids, caption_image = torch.unique(image_ids, return_inverse=True)  # unique_ids ascending
         first_row = torch.full((unique_ids.numel(),), N, dtype=torch.long, device=S.device)
         first_row.scatter_reduce_(0, caption_image, torch.arange(N, device=S.device), reduce="amin")

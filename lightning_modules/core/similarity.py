@@ -48,41 +48,41 @@ POOL_CHUNK_ELEMENTS = 2**20
 # ---- input checks ------------------------------------------------------------------------------------------
 def _check_kind(kind: str) -> None:
     if kind not in SIMILARITY_KINDS:
-        raise ValueError(f"similarity.py: kind must be one of {SIMILARITY_KINDS}, got {kind!r}")
+        raise ValueError(f"kind must be one of {SIMILARITY_KINDS}, got {kind!r}")
 
 
 def _pooled_inputs(image: Tensor, audio: Tensor) -> None:
     if image.dim() != 2 or audio.dim() != 2:
         raise ValueError(
-            "similarity.py: kind 'dot' takes pooled image [N, D] and audio [M, D], got "
+            "kind 'dot' takes pooled image [N, D] and audio [M, D], got "
             f"{tuple(image.shape)} and {tuple(audio.shape)}; frame maps need kind SISA, MISA or SIMA"
         )
     if image.size(1) != audio.size(1):
-        raise ValueError(f"similarity.py: embedding sizes differ: image D={image.size(1)}, audio D={audio.size(1)}")
+        raise ValueError(f"embedding sizes differ: image D={image.size(1)}, audio D={audio.size(1)}")
 
 
 def _matchmap_inputs(image: Tensor, audio: Tensor, nframes, kind: str) -> tuple[Tensor, Tensor, Tensor]:
     """Validate frame-level inputs; return image [N, D, R], audio [M, D, T] and lengths [M] (int64)."""
     if image.dim() not in (3, 4) or audio.dim() != 3:
         raise ValueError(
-            f"similarity.py: kind {kind!r} takes image [N, D, H, W] or [N, D, R] and audio [M, D, T], got "
+            f"kind {kind!r} takes image [N, D, H, W] or [N, D, R] and audio [M, D, T], got "
             f"{tuple(image.shape)} and {tuple(audio.shape)}; pooled vectors need kind 'dot'"
         )
     image = image.flatten(2)
     if image.size(1) != audio.size(1):
-        raise ValueError(f"similarity.py: embedding sizes differ: image D={image.size(1)}, audio D={audio.size(1)}")
+        raise ValueError(f"embedding sizes differ: image D={image.size(1)}, audio D={audio.size(1)}")
     M, _, T = audio.shape
     if nframes is None:
         lengths = torch.full((M,), T, dtype=torch.long, device=audio.device)
     else:
         lengths = torch.as_tensor(nframes, device=audio.device)
         if lengths.is_floating_point() or lengths.dim() != 1 or lengths.numel() != M:
-            raise ValueError(f"similarity.py: nframes must be {M} integer frame counts, got {tuple(lengths.shape)} "
+            raise ValueError(f"nframes must be {M} integer frame counts, got {tuple(lengths.shape)} "
                              f"of {lengths.dtype}")
         lengths = lengths.long()
         if M and (int(lengths.min()) < 1 or int(lengths.max()) > T):
             raise ValueError(
-                f"similarity.py: nframes must lie in [1, T={T}] (valid *output* frames of the audio map), got "
+                f"nframes must lie in [1, T={T}] (valid *output* frames of the audio map), got "
                 f"min {int(lengths.min())}, max {int(lengths.max())}"
             )
     return image, audio, lengths
@@ -203,7 +203,7 @@ def similarity_matrix(
         pooled_image, pooled_audio = _pooled_frames(image, audio, lengths)
         return pooled_image @ pooled_audio.t()
     if chunk_size < 1:
-        raise ValueError(f"similarity.py: chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     N, D, R = image.shape
     M = audio.size(0)
     if N == 0 or M == 0:
@@ -239,7 +239,7 @@ def paired_similarity(image: Tensor, audio: Tensor, nframes=None, kind: str = "M
     """
     _check_kind(kind)
     if image.size(0) != audio.size(0):
-        raise ValueError(f"similarity.py: paired_similarity needs as many images as captions, got "
+        raise ValueError(f"paired_similarity needs as many images as captions, got "
                          f"{image.size(0)} and {audio.size(0)}")
     if kind == "dot":
         _pooled_inputs(image, audio)
@@ -348,10 +348,10 @@ def matchmap(image: Tensor, audio: Tensor, nframes: int | None = None) -> Tensor
     """The matchmap of one pair, for visualisation: image [D, H, W] (or [D, R]), audio [D, T] -> [H, W, T']
     (or [R, T']), where T' = nframes (default T) drops the caption's padding frames."""
     if image.dim() not in (2, 3) or audio.dim() != 2 or image.size(0) != audio.size(0):
-        raise ValueError(f"similarity.py: matchmap takes image [D, H, W] or [D, R] and audio [D, T] with the same "
+        raise ValueError(f"matchmap takes image [D, H, W] or [D, R] and audio [D, T] with the same "
                          f"D, got {tuple(image.shape)} and {tuple(audio.shape)}")
     if nframes is not None:
         if not 1 <= int(nframes) <= audio.size(1):
-            raise ValueError(f"similarity.py: nframes must lie in [1, {audio.size(1)}], got {int(nframes)}")
+            raise ValueError(f"nframes must lie in [1, {audio.size(1)}], got {int(nframes)}")
         audio = audio[:, : int(nframes)]
     return torch.einsum("dr,dt->rt", image.flatten(1), audio).view(*image.shape[1:], audio.size(1))

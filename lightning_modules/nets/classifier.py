@@ -1,8 +1,8 @@
 """Scene (place) classifier on top of any audio net: a warm-up task for the audio branch.
 
-Not from the papers (no official code has it; see the project's reference notes §10): the seed notebook's
-`DavenetClassifier` flattened a fixed 64-frame map into a Linear, so it only worked for one input length. Here the
-frame map is pooled over each caption's valid frames instead, so any length and any audio net works.
+Not from the papers, and no official code has one (docs/provenance.md): the notebook this project started from
+flattened a fixed 64-frame map into a Linear, which works for one input length only. Here the frame map is pooled
+over each caption's valid frames instead, so any length and any audio net works.
 
     audio [B, 40, T] -> audio_net.frames -> [B, D, T'] -> masked mean/max over output_frames(nframes) -> [B, D]
     -> Dropout -> Linear(D, n_places) -> logits [B, n_places]

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from ..core.weights import read_state_dict
 from .common import scaled_width
 
 # VGG16 "configuration D": conv widths, "M" = 2x2 max-pool.
@@ -97,18 +98,7 @@ def read_torchvision_state_dict(pretrained: bool | str | os.PathLike, arch: str)
                 "--model.pretrained_image false trains the image net from scratch."
             ) from err
     path = os.fspath(pretrained)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable torch state dict file ({err})") from err
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(
-            f"{path}: expected a torchvision-format state dict (parameter name -> tensor), "
-            f"got {type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, Mapping) else "")
-        )
-    return dict(state), path
+    return read_state_dict(path, "pretrained weights file"), path
 
 
 def load_backbone_weights(
@@ -222,7 +212,7 @@ class VGG16ConvImage(nn.Module):
 
     Output [B, embedding_dim, H/16, W/16] (14 x 14 at 224 px). Keys: `features.0..28` as torchvision's
     `vgg16().features` (`features.0..42` with `batch_norm=True`, as `vgg16_bn`), the head `embedder`.
-    The official DAVEnet-pytorch keys `image_model.N` map by `convert_official_state_dict`.
+    The official DAVEnet-pytorch keys `image_model.N` map onto these in `lightning_modules.convert`.
     Parameters at paper size: 19,434,304.
     """
 
@@ -245,22 +235,6 @@ class VGG16ConvImage(nn.Module):
             arch = "vgg16_bn" if batch_norm else "vgg16"
             state, source = read_torchvision_state_dict(pretrained, arch)
             load_backbone_weights(self, state, source, skip_own=("embedder.",), skip_file=("classifier.",))
-
-    @staticmethod
-    def convert_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """DAVEnet-pytorch `VGG16` keys (`image_model.0..28`, `image_model.30` = the 3x3 conv) -> ours.
-
-        A DataParallel `module.` prefix is stripped first.
-        """
-        out = {}
-        for key, value in state.items():
-            key = key.removeprefix("module.")
-            if key.startswith("image_model.30."):
-                key = "embedder." + key.removeprefix("image_model.30.")
-            elif key.startswith("image_model."):
-                key = "features." + key.removeprefix("image_model.")
-            out[key] = value
-        return out
 
     def forward(self, image: Tensor) -> Tensor:
         return self.embedder(self.features(image))

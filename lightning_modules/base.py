@@ -9,6 +9,7 @@ once.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -139,11 +140,20 @@ class VGSModule(pl.LightningModule):
                 self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True)
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
 
+    def on_train_start(self) -> None:
+        self._train_started = time.monotonic()
+
     def on_validation_epoch_end(self) -> None:
-        # Training wall time of this validation, for learning curves against time (CPU budgets, warm-up).
+        # Training wall time of this validation, for learning curves against time (CPU budgets, warm-up): the
+        # max_time Timer's (which a resumed run continues), else the minutes since this process began training.
+        if self.trainer.sanity_checking:
+            return
         timer = self._timer_any()
-        if timer is not None and not self.trainer.sanity_checking:
+        started = getattr(self, "_train_started", None)
+        if timer is not None:
             self.log("train/elapsed_min", timer.time_elapsed("train") / 60.0, sync_dist=False)
+        elif started is not None:
+            self.log("train/elapsed_min", (time.monotonic() - started) / 60.0, sync_dist=False)
 
     def _timer_any(self) -> Timer | None:
         return next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)

@@ -8,8 +8,9 @@
   layout) the move is a copy into place, and a kill or a full disk during it leaves a truncated ``last.ckpt``,
   while a small ``/tmp`` fails with an ``OSError`` that names neither path. A full disk here raises
   ``CheckpointWriteError`` naming the folder and its free space, and the previous checkpoint stays as it was.
-- ``read_checkpoint(path)``: load a checkpoint for resuming or evaluating, or raise ``CheckpointReadError``
-  saying which file and whether it is truncated, not a checkpoint, or from another model.
+- ``read_checkpoint(path)``: load a checkpoint for resuming or evaluating (through the project's safe reader,
+  ``core.weights``), or raise ``CheckpointReadError`` saying which file and whether it is truncated, not a
+  checkpoint, or from another model. ``AtomicCheckpointIO`` loads resumed checkpoints with it too.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import errno
 import glob
 import importlib
 import os
-import pickle
 import shutil
-import zipfile
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
+
+from .core.weights import UnsafeWeightsError, WeightsFileError, read_weights
 
 TMP_SUFFIX = ".tmp"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -151,7 +152,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         weights_only: bool | None = None) -> dict[str, Any]:
         if not _is_local_file_protocol(path):
             return super().load_checkpoint(path, map_location, weights_only)
-        return read_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return read_checkpoint(path, map_location=map_location)  # the safe reader: weights_only=True
 
 
 def _class_of(class_path: str):
@@ -171,53 +172,37 @@ def same_class(class_path_a: str, class_path_b: str) -> bool:
     return a is not None and a is b
 
 
-def _truncated(path: str, size: int) -> CheckpointReadError:
-    return CheckpointReadError(
-        path, f"truncated ({size:,} bytes, the end of the file is missing: a write that was interrupted by a kill "
-              "or a full disk)")
+_INTERRUPTED = "a write interrupted by a kill or a full disk?"
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool | None = True,
-                    model_class_path: str | None = None, mmap: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", model_class_path: str | None = None
+                    ) -> dict[str, Any]:
     """Load a Lightning checkpoint, or raise CheckpointReadError saying which file and why it cannot be used.
 
-    Reasons: "no such file", "truncated" (an interrupted write), "not a checkpoint" (not a torch file, or one
-    without Lightning's ``state_dict``: official weights go through ``python -m lightning_modules.convert``), and
-    "from another model" (its ``_class_path`` hyperparameter names another class than ``model_class_path``).
-    ``mmap=True`` maps the tensors instead of reading them: a cheap check of a large file.
+    Read through the project's one safe reader (``core.weights.read_weights``: ``weights_only=True``, the
+    project's own modules allowed in hyperparameters). Reasons: "no such file", "truncated" (an interrupted
+    write), "not a checkpoint" (not a torch file, one without Lightning's ``state_dict`` (official weights go
+    through ``python -m lightning_modules.convert``), or one holding code the safe reader refuses), and "from
+    another model" (its ``_class_path`` hyperparameter names another class than ``model_class_path``).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointReadError(path, "no such file" if not os.path.exists(path) else "not a file")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise _truncated(path, 0)
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    is_zip = magic == b"PK\x03\x04"
-    if is_zip:
-        try:
-            with zipfile.ZipFile(path) as archive:  # reads the central directory at the end of the file
-                archive.infolist()
-        except (zipfile.BadZipFile, EOFError, OSError):
-            raise _truncated(path, size) from None
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap and is_zip)
-    except pickle.UnpicklingError as err:
-        if not is_zip and magic[:1] != b"\x80":  # neither torch's zip format nor a pickle
-            raise CheckpointReadError(path, "not a checkpoint (not a torch file)") from None
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointReadError(path, f"not a checkpoint this project can read safely ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        if is_zip or (isinstance(err, EOFError) and magic[:1] == b"\x80"):
-            raise _truncated(path, size) from None
-        raise CheckpointReadError(path, "not a checkpoint (not a torch file)") from None
-    except Exception:  # e.g. KeyError from unpickling a text file with the legacy reader
-        if is_zip:
-            raise
-        raise CheckpointReadError(path, "not a checkpoint (not a torch file)") from None
+        ckpt = read_weights(path, "checkpoint", map_location=map_location, allow_modules=True)
+    except FileNotFoundError:
+        raise CheckpointReadError(path, "no such file") from None
+    except WeightsFileError as err:
+        reason = str(err).removeprefix(f"checkpoint {path}: ")
+        if "empty" in reason:
+            reason = f"truncated (0 bytes: {_INTERRUPTED})"
+        elif reason.startswith("truncated"):
+            reason = f"{reason}, {os.path.getsize(path):,} bytes: {_INTERRUPTED}"
+        elif isinstance(err, UnsafeWeightsError):
+            reason = f"not a checkpoint this project reads: {reason}"
+        else:
+            reason = f"not a checkpoint ({reason})"
+        raise CheckpointReadError(path, reason) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        keys = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointReadError(
             path, f"not a checkpoint (a torch file without Lightning's 'state_dict': {keys}); official DAVEnet or "
                   "ResDAVEnet weights are converted with python -m lightning_modules.convert")
@@ -234,7 +219,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_
 def checkpoint_problem(path: str | os.PathLike, model_class_path: str | None = None) -> str | None:
     """Why ``path`` cannot be resumed or evaluated (the CheckpointReadError message), or None if it can."""
     try:
-        read_checkpoint(path, model_class_path=model_class_path, mmap=True)
+        read_checkpoint(path, model_class_path=model_class_path)
     except CheckpointReadError as err:
         return str(err)
     return None

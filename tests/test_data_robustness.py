@@ -14,9 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_cli import _tiny_args
 
-import cli
 from datamodules import load_manifest
 from datamodules import places_audio as places_audio_mod
 from datamodules.cache import FeatureStore, build_cache, store_dir
@@ -126,41 +124,6 @@ def test_datamodule_builds_missing_caches_and_decodes_another_manifests_store(ma
     # Without prepare_data (plain use), the error says how to fix it.
     with pytest.raises(FeatureCacheError, match=r"--data.feature_cache null"):
         PlacesAudioDataset(str(make_manifest(n=2, name="test", root=tmp_path / "a")), feature_cache=str(cache))
-
-
-@pytest.mark.slow
-def test_demo_config_on_other_manifests_builds_its_cache(spokenscenes, tmp_path):
-    cache = tmp_path / "new-cache"
-    args = _tiny_args(REPO / "configs" / "demo.yaml", spokenscenes, tmp_path, [
-        f"--data.feature_cache={cache}", "--trainer.limit_train_batches=1", "--trainer.logger=false"])
-    fit = cli.main(["fit", *args])
-    assert fit.datamodule.train_dataset.store is not None
-    assert {p.name for p in cache.iterdir()} == {"train", "val"}
-
-
-# ---- point 10: test and predict read only their manifests ------------------------------------------------------
-@pytest.mark.slow
-def test_test_and_predict_need_no_train_manifest_and_ignore_other_classes(spokenscenes, tmp_path, make_manifest):
-    run = tmp_path / "run"
-    davenet, warmup = REPO / "configs" / "davenet.yaml", REPO / "configs" / "place_warmup.yaml"
-    fit = cli.main(["fit", *_tiny_args(davenet, spokenscenes, run, ["--trainer.logger=false"])])
-    ckpt = fit.trainer.checkpoint_callback.best_model_path
-    missing = f"--data.train_manifest={tmp_path / 'gone.json'}"
-    tested = cli.main(["test", *_tiny_args(davenet, spokenscenes, run, ["--trainer.logger=false", missing,
-                                                                         f"--ckpt_path={ckpt}"])])
-    assert "test/mean_R@10" in tested.model.last_test_metrics
-    out = tmp_path / "search.json"
-    cli.main(["predict", *_tiny_args(davenet, spokenscenes, run, [
-        "--trainer.logger=false", missing, f"--ckpt_path={ckpt}",
-        f"--data.predict_manifest={spokenscenes / 'test.json'}", f"--search.output={out}"])])
-    assert out.exists()
-    # A place classifier is tested with its checkpoint's label map, whatever classes the train manifest has.
-    fit = cli.main(["fit", *_tiny_args(warmup, spokenscenes, run / "warm", ["--trainer.logger=false"])])
-    ckpt = fit.trainer.checkpoint_callback.best_model_path
-    others = make_manifest(n=3, name="others", classes=("kitchen/indoor", "zoo", "yard"))
-    tested = cli.main(["test", *_tiny_args(warmup, spokenscenes, run / "warm", [
-        "--trainer.logger=false", f"--data.train_manifest={others}", f"--ckpt_path={ckpt}"])])
-    assert 0.0 <= tested.model.last_test_metrics["test/acc_top1"] <= 1.0
 
 
 # ---- the smaller defects ----------------------------------------------------------------------------------------

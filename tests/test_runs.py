@@ -17,7 +17,8 @@ from lightning_modules.checkpoint_io import CheckpointReadError, read_checkpoint
 from lightning_modules.runs import RunResolutionError
 
 REPO = Path(__file__).parent.parent
-DAVENET, ACL2017, DEMO = (REPO / "configs" / f"{c}.yaml" for c in ("davenet", "acl2017", "demo"))
+DAVENET, ACL2017, DEMO, WARMUP = (REPO / "configs" / f"{c}.yaml" for c in ("davenet", "acl2017", "demo",
+                                                                            "place_warmup"))
 
 
 def _args(config: Path, scenes: Path, root: Path, extra: list[str] = ()) -> list[str]:
@@ -104,8 +105,7 @@ def test_evaluation_resolves_last_and_refuses_random_weights(shared_folder, spok
     tested = cli.main(["test", *_args(DAVENET, spokenscenes, root, ["--ckpt_path=last"])])
     assert _resolved(tested) == str(shared_folder["davenet"])
     assert (root / "version_0" / "config-test.yaml").exists()  # beside the run it evaluated
-    explicit = cli.main(["test", *_args(DAVENET, spokenscenes, root, [f"--ckpt_path={shared_folder['davenet']}"])])
-    assert explicit.model.last_test_metrics == tested.model.last_test_metrics
+    assert tested.trainer.ckpt_path == str(shared_folder["davenet"])  # the weights it restored
     with pytest.warns(UserWarning, match="untrained"):
         untrained = cli.main(["test", *_args(DAVENET, spokenscenes, root, ["--ckpt_path=none"])])
     assert untrained.model.last_test_metrics != tested.model.last_test_metrics
@@ -116,18 +116,39 @@ def test_evaluation_resolves_last_and_refuses_random_weights(shared_folder, spok
 
 
 @pytest.mark.slow
-def test_wandb_run_id_is_carried_across_a_resume(spokenscenes, tmp_path):
+def test_test_and_predict_need_no_train_manifest_and_ignore_other_classes(shared_folder, spokenscenes, tmp_path,
+                                                                          make_manifest):
+    root, ckpt = shared_folder["root"], shared_folder["davenet"]
+    missing = f"--data.train_manifest={tmp_path / 'gone.json'}"
+    tested = cli.main(["test", *_args(DAVENET, spokenscenes, root, [missing, f"--ckpt_path={ckpt}"])])
+    assert "test/mean_R@10" in tested.model.last_test_metrics
+    out = tmp_path / "search.json"
+    cli.main(["predict", *_args(DAVENET, spokenscenes, root, [
+        missing, f"--ckpt_path={ckpt}", f"--data.predict_manifest={spokenscenes / 'test.json'}",
+        f"--search.output={out}"])])
+    assert out.exists()
+    # A place classifier is tested with its checkpoint's label map, whatever classes the train manifest has.
+    fit = cli.main(["fit", *_args(WARMUP, spokenscenes, tmp_path)])
+    others = make_manifest(n=3, name="others", classes=("kitchen/indoor", "zoo", "yard"))
+    tested = cli.main(["test", *_args(WARMUP, spokenscenes, tmp_path, [
+        f"--data.train_manifest={others}", f"--ckpt_path={fit.trainer.checkpoint_callback.best_model_path}"])])
+    assert 0.0 <= tested.model.last_test_metrics["test/acc_top1"] <= 1.0
+
+
+@pytest.mark.slow
+def test_wandb_run_id_is_carried_across_a_resume_and_a_missing_cache_is_built(spokenscenes, tmp_path):
+    # The demo config pointed at other manifests and an empty cache folder: the cache is built on demand.
+    cache = tmp_path / "cache"
     args = [a for a in _tiny_args(DEMO, spokenscenes, tmp_path) if not a.startswith("--trainer.logger")]
     args += ["--trainer.logger=WandbLogger", f"--trainer.logger.save_dir={tmp_path}", "--trainer.logger.project=p",
-             "--trainer.limit_train_batches=2"]
+             "--trainer.limit_train_batches=2", f"--data.feature_cache={cache}"]
     first = cli.main(["fit", *args])
+    assert first.datamodule.train_dataset.store is not None and {p.name for p in cache.iterdir()} == {"train", "val"}
     run_id = first.trainer.logger.version
     assert json.loads((tmp_path / "p" / run_id / "run.json").read_text())["wandb_run_id"] == run_id
-    resumed = cli.main(["fit", *args, "--ckpt_path=last"])
+    resumed = cli.main(["fit", *args, f"--ckpt_path=last:{run_id}"])
     assert resumed.trainer.logger.version == run_id
     assert Path(resumed.trainer.checkpoint_callback.dirpath) == tmp_path / "p" / run_id / "checkpoints"
-    named = cli.main(["fit", *args, f"--ckpt_path=last:{run_id}"])
-    assert _resolved(named) == _resolved(resumed)
 
 
 # ---- unreadable checkpoints and one-line errors (no training) -------------------------------------------------
@@ -144,7 +165,7 @@ def test_read_checkpoint_says_truncated_not_a_checkpoint_or_from_another_model(t
     cases = {
         "truncated": ("cut.ckpt", good.read_bytes()[: good.stat().st_size // 2]),
         "truncated (0 bytes": ("empty.ckpt", b""),
-        "not a checkpoint (not a torch file)": ("text.ckpt", b"hello, I am not a checkpoint\n"),
+        "not a checkpoint (not a torch file": ("text.ckpt", b"hello, I am not a checkpoint\n"),
     }
     for reason, (name, content) in cases.items():
         (tmp_path / name).write_bytes(content)

@@ -47,7 +47,7 @@ from lightning_modules.checkpoint_io import (
     AtomicCheckpointIO,
     CheckpointReadError,
     CheckpointWriteError,
-    read_checkpoint,
+    read_run_checkpoint,
 )
 from lightning_modules.runs import (
     CHECKPOINTS,
@@ -223,7 +223,7 @@ class VGSLightningCLI(LightningCLI):
                 self._fresh_run(config, as_dict)
             return
         try:
-            read_checkpoint(value, model_class_path=class_path)
+            read_run_checkpoint(value, model_class_path=class_path)
         except CheckpointReadError as err:
             raise CheckpointReadError(err.path, err.reason + _readable_sibling_hint(value, class_path)) from None
         folder = os.path.dirname(os.path.dirname(os.path.abspath(value)))
@@ -372,7 +372,7 @@ def _best_of(run: Run) -> list[str]:
     """The run's best checkpoint as its ModelCheckpoint recorded it (in last.ckpt), then best-*.ckpt by time."""
     found = []
     try:
-        state = read_checkpoint(run.last).get("callbacks", {})
+        state = read_run_checkpoint(run.last).get("callbacks", {})
     except CheckpointReadError:
         state = {}
     for key, value in state.items():
@@ -390,7 +390,7 @@ def _usable_checkpoint(run: Run, kind: str, class_path: str, label: str) -> str:
     problems = []
     for path in candidates:
         try:
-            ckpt = read_checkpoint(path, model_class_path=class_path)
+            ckpt = read_run_checkpoint(path, model_class_path=class_path)
         except CheckpointReadError as err:
             if err.reason.startswith("from another model"):
                 raise
@@ -411,7 +411,7 @@ def _readable_sibling_hint(path: str, class_path: str) -> str:
     for other in Run(os.path.dirname(folder)).checkpoints() if os.path.basename(folder) == CHECKPOINTS else []:
         if os.path.abspath(other) != os.path.abspath(path):
             try:
-                read_checkpoint(other, model_class_path=class_path)
+                read_run_checkpoint(other, model_class_path=class_path)
             except CheckpointReadError:
                 continue
             return f" (the newest readable checkpoint beside it is {other}; --ckpt_path last falls back to it)"

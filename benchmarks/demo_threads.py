@@ -39,10 +39,10 @@ class StepTimes(Callback):
         self.t.append(time.perf_counter())
 
 timer = StepTimes()
-args = ["fit", "--config", {config!r}, "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+args = ["fit", "--config", {config!r}, "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
         "--trainer.max_epochs=-1", "--trainer.max_steps={steps}", "--trainer.callbacks=[]",
-        "--checkpoint.save_top_k=0", "--data.train_manifest={data}/train.json", "--data.val_manifest=null",
+        "--data.train_manifest={data}/train.json", "--data.val_manifest=null",
         "--data.test_manifest=null", "--data.feature_cache={data}/cache",
         "--trainer.default_root_dir={out}"]
 torch.set_num_threads({threads})

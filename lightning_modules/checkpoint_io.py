@@ -8,9 +8,9 @@
   layout) the move is a copy into place, and a kill or a full disk during it leaves a truncated ``last.ckpt``,
   while a small ``/tmp`` fails with an ``OSError`` that names neither path. A full disk here raises
   ``CheckpointWriteError`` naming the folder and its free space, and the previous checkpoint stays as it was.
-- ``read_checkpoint(path)``: load a checkpoint for resuming or evaluating (through the project's safe reader,
-  ``core.weights``), or raise ``CheckpointReadError`` saying which file and whether it is truncated, not a
-  checkpoint, or from another model. ``AtomicCheckpointIO`` loads resumed checkpoints with it too.
+- ``read_run_checkpoint(path)``: load a checkpoint for resuming or evaluating (through the project's safe
+  reader, ``checkpoints.read_checkpoint``), or raise ``CheckpointReadError`` saying which file and whether it is
+  truncated, not a checkpoint, or from another model. ``AtomicCheckpointIO`` loads resumed checkpoints with it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 
-from .core.weights import UnsafeWeightsError, WeightsFileError, read_weights
+from .checkpoints import read_checkpoint
+from .core.weights import UnsafeWeightsError, WeightsFileError
 
 TMP_SUFFIX = ".tmp"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -152,7 +153,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         weights_only: bool | None = None) -> dict[str, Any]:
         if not _is_local_file_protocol(path):
             return super().load_checkpoint(path, map_location, weights_only)
-        return read_checkpoint(path, map_location=map_location)  # the safe reader: weights_only=True
+        return read_run_checkpoint(path, map_location=map_location)  # the safe reader: weights_only=True
 
 
 def _class_of(class_path: str):
@@ -175,19 +176,19 @@ def same_class(class_path_a: str, class_path_b: str) -> bool:
 _INTERRUPTED = "a write interrupted by a kill or a full disk?"
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", model_class_path: str | None = None
-                    ) -> dict[str, Any]:
-    """Load a Lightning checkpoint, or raise CheckpointReadError saying which file and why it cannot be used.
+def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", model_class_path: str | None = None
+                        ) -> dict[str, Any]:
+    """A checkpoint to resume or evaluate, or CheckpointReadError saying which file and why it cannot be used.
 
-    Read through the project's one safe reader (``core.weights.read_weights``: ``weights_only=True``, the
-    project's own modules allowed in hyperparameters). Reasons: "no such file", "truncated" (an interrupted
-    write), "not a checkpoint" (not a torch file, one without Lightning's ``state_dict`` (official weights go
-    through ``python -m lightning_modules.convert``), or one holding code the safe reader refuses), and "from
-    another model" (its ``_class_path`` hyperparameter names another class than ``model_class_path``).
+    Read by ``checkpoints.read_checkpoint`` (the project's one safe reader, ``core.weights``). The reason is one
+    of "no such file", "truncated" (an interrupted write), "not a checkpoint" (not a torch file, one without
+    Lightning's ``state_dict`` (official weights go through ``python -m lightning_modules.convert``), or one
+    holding code the safe reader refuses) and "from another model" (its ``_class_path`` hyperparameter names
+    another class than ``model_class_path``).
     """
     path = os.fspath(path)
     try:
-        ckpt = read_weights(path, "checkpoint", map_location=map_location, allow_modules=True)
+        ckpt = read_checkpoint(path, map_location)
     except FileNotFoundError:
         raise CheckpointReadError(path, "no such file") from None
     except WeightsFileError as err:
@@ -198,14 +199,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", model_cl
             reason = f"{reason}, {os.path.getsize(path):,} bytes: {_INTERRUPTED}"
         elif isinstance(err, UnsafeWeightsError):
             reason = f"not a checkpoint this project reads: {reason}"
+        elif "state_dict" in reason:
+            reason = ("not a checkpoint (a torch file without Lightning's 'state_dict'); official DAVEnet or "
+                      "ResDAVEnet weights are converted with python -m lightning_modules.convert")
         else:
             reason = f"not a checkpoint ({reason})"
         raise CheckpointReadError(path, reason) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        keys = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointReadError(
-            path, f"not a checkpoint (a torch file without Lightning's 'state_dict': {keys}); official DAVEnet or "
-                  "ResDAVEnet weights are converted with python -m lightning_modules.convert")
     if model_class_path:
         saved = (ckpt.get("hyper_parameters") or {}).get("_class_path")
         if saved and not same_class(saved, model_class_path):
@@ -219,7 +218,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", model_cl
 def checkpoint_problem(path: str | os.PathLike, model_class_path: str | None = None) -> str | None:
     """Why ``path`` cannot be resumed or evaluated (the CheckpointReadError message), or None if it can."""
     try:
-        read_checkpoint(path, model_class_path=model_class_path)
+        read_run_checkpoint(path, model_class_path=model_class_path)
     except CheckpointReadError as err:
         return str(err)
     return None

@@ -19,7 +19,7 @@ from test_cli import _tiny_args
 import cli
 from datamodules.bad_samples import PlacesAudioDataLoader
 from lightning_modules import checkpoint_io
-from lightning_modules.checkpoint_io import CheckpointWriteError, atomic_torch_save, read_checkpoint
+from lightning_modules.checkpoint_io import CheckpointWriteError, atomic_torch_save, read_run_checkpoint
 
 REPO = Path(__file__).parent.parent
 DEMO = REPO / "configs" / "demo.yaml"
@@ -56,7 +56,7 @@ def test_atomic_save_on_a_full_disk_keeps_the_previous_file_and_names_the_folder
                                                    "is unchanged") as info:
         atomic_torch_save({"state_dict": {"w": torch.ones(1000)}}, path)
     assert info.value.errno == errno.ENOSPC
-    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.zeros(1000))
+    assert torch.equal(read_run_checkpoint(path)["state_dict"]["w"], torch.zeros(1000))
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt"]  # no temporary file left behind
 
 
@@ -79,7 +79,7 @@ def test_full_disk_during_training_stops_with_the_folder_and_keeps_the_last_good
         cli.main(["fit", *args])
     folder = tmp_path / "version_0" / "checkpoints"
     assert sorted(os.listdir(folder)) == ["best-epoch000.ckpt", "last.ckpt"]  # nothing half-written
-    assert read_checkpoint(folder / "last.ckpt")["epoch"] == 0
+    assert read_run_checkpoint(folder / "last.ckpt")["epoch"] == 0
 
 
 def test_loader_resumes_inside_an_epoch_with_the_batches_it_had_not_yielded():
@@ -138,7 +138,7 @@ def _env() -> dict:
 
 
 def _weights(ckpt: Path) -> dict:
-    return read_checkpoint(ckpt)["state_dict"]
+    return read_run_checkpoint(ckpt)["state_dict"]
 
 
 @pytest.mark.slow
@@ -173,18 +173,18 @@ def test_kill_at_random_moments_then_resume_gives_the_uninterrupted_weights(spok
         last = ckpt_dirs[name] / "last.ckpt"
         if name in killed:
             assert procs[name].returncode == -signal.SIGKILL
-            read_checkpoint(last)  # never truncated: the old file or the new one
+            read_run_checkpoint(last)  # never truncated: the old file or the new one
     # Resume every interrupted run until it is done (in parallel), then compare with the uninterrupted run.
     resumes = {name: subprocess.Popen(_fit_command(spokenscenes, roots[name], ["--ckpt_path=last"]), env=_env(),
                                       cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                for name in ("mid_write", "random")}
     reference = _weights(ckpt_dirs["reference"] / "last.ckpt")
-    assert read_checkpoint(ckpt_dirs["reference"] / "last.ckpt")["global_step"] == 8
+    assert read_run_checkpoint(ckpt_dirs["reference"] / "last.ckpt")["global_step"] == 8
     for name, proc in resumes.items():
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-3000:]
         resolved = [line for line in err.decode().splitlines() if "--ckpt_path" in line]
-        final = read_checkpoint(ckpt_dirs[name] / "last.ckpt")
+        final = read_run_checkpoint(ckpt_dirs[name] / "last.ckpt")
         assert final["global_step"] == 8, (name, killed.get(name), resolved)
         for key, value in reference.items():
             assert torch.equal(final["state_dict"][key], value), (name, key, killed.get(name))

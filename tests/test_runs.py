@@ -13,7 +13,7 @@ import torch
 from test_cli import _tiny_args
 
 import cli
-from lightning_modules.checkpoint_io import CheckpointReadError, read_checkpoint
+from lightning_modules.checkpoint_io import CheckpointReadError, read_run_checkpoint
 from lightning_modules.runs import RunResolutionError
 
 REPO = Path(__file__).parent.parent
@@ -160,8 +160,8 @@ def _checkpoint(path: Path, class_path: str = "lightning_modules.davenet.DAVEnet
 
 def test_read_checkpoint_says_truncated_not_a_checkpoint_or_from_another_model(tmp_path):
     good = _checkpoint(tmp_path / "good.ckpt")
-    assert read_checkpoint(good)["epoch"] == 0
-    assert read_checkpoint(good, model_class_path="lightning_modules.DAVEnet")  # the same class, another path
+    assert read_run_checkpoint(good)["epoch"] == 0
+    assert read_run_checkpoint(good, model_class_path="lightning_modules.DAVEnet")  # the same class, another path
     cases = {
         "truncated": ("cut.ckpt", good.read_bytes()[: good.stat().st_size // 2]),
         "truncated (0 bytes": ("empty.ckpt", b""),
@@ -170,14 +170,14 @@ def test_read_checkpoint_says_truncated_not_a_checkpoint_or_from_another_model(t
     for reason, (name, content) in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(CheckpointReadError, match=re.escape(f"{name}: {reason}")):
-            read_checkpoint(tmp_path / name)
+            read_run_checkpoint(tmp_path / name)
     torch.save({"conv1.weight": torch.ones(2)}, tmp_path / "official.pth")
     with pytest.raises(CheckpointReadError, match=r"official\.pth: not a checkpoint .*lightning_modules\.convert"):
-        read_checkpoint(tmp_path / "official.pth")
+        read_run_checkpoint(tmp_path / "official.pth")
     with pytest.raises(CheckpointReadError, match=r"good\.ckpt: from another model: it holds a DAVEnet"):
-        read_checkpoint(good, model_class_path="lightning_modules.ACL2017")
+        read_run_checkpoint(good, model_class_path="lightning_modules.ACL2017")
     with pytest.raises(CheckpointReadError, match="missing.ckpt: no such file"):
-        read_checkpoint(tmp_path / "missing.ckpt")
+        read_run_checkpoint(tmp_path / "missing.ckpt")
 
 
 def test_console_errors_are_one_line_naming_the_file(tmp_path, capsys):

@@ -6,9 +6,11 @@
     python cli.py test --config configs/davenet.yaml --ckpt_path last    # or best, a path, or none (untrained)
     python cli.py predict --config configs/demo.yaml --ckpt_path best.ckpt \
         --data.predict_manifest data/spokenscenes/test.json --search.output search.json
+    python cli.py predict --config configs/resdavenet_vq.yaml --ckpt_path best.ckpt \
+        --data.predict_manifest data/spokenscenes/test.json --units.output units.json --units.layer 3
 
 ``vgs`` (the console entry point) is the same command. Models are chosen with ``--model=DAVEnet`` (any
-subclass of ``VGSModule``: NIPS2016, ACL2017, DAVEnet, ResDAVEnet, PlaceClassifier).
+subclass of ``VGSModule``: NIPS2016, ACL2017, DAVEnet, ResDAVEnet, ResDAVEnetVQ, PlaceClassifier).
 
 ``--ckpt_path`` (``lightning_modules/runs.py`` has the run-folder layout):
 
@@ -64,6 +66,7 @@ from lightning_modules.runs import (
     write_run_info,
 )
 from lightning_modules.search import SpokenSearchWriter
+from lightning_modules.unit_writer import UnitWriter
 
 lightning_modules.load_all()  # registers every model so that --model=DAVEnet resolves
 
@@ -178,6 +181,7 @@ class VGSLightningCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(SpokenSearchWriter, "search")
+        parser.add_lightning_class_args(UnitWriter, "units")  # predict --units.output F: VQ codes (ResDAVEnet-VQ)
         # No link for the classifier's n_places: every retrieval module takes **kwargs and would receive it
         # too. PlaceClassifier reads it from the datamodule in setup().
 

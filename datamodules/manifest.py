@@ -9,7 +9,12 @@ A manifest is the JSON file the official loaders read (reference: dharwath/DAVEn
                "wav": "wavs/296/utterance_377328.wav", "image": "r/runway/gsun_4213....jpg", ...}, ...]}
 
 Required: the three top-level keys and, per item, `wav` and `image` (what the loaders use). `uttid`, `speaker`
-and `asr_text` are kept when present (empty strings otherwise); other item keys are allowed and ignored.
+and `asr_text` are kept when present (empty strings otherwise); other item keys are allowed and ignored, except two
+optional ones that corpora preparers write (`python -m datamodules.prepare`):
+
+- `image_id`: the corpus' own image id (a string, e.g. SpokenCOCO `"325114"`). Captions are grouped into images by
+  it when present, else by the image path; one id must always name the same image path.
+- `text_alignment`: word timings `"start__WORD__end ..."` (seconds), kept as the string (`Manifest.text_alignment`).
 
 Place labels come from the image path, Places-205 convention `<letter>/<class>[/<subclass>]/<file>`:
 `r/runway/gsun_x.jpg` -> `runway`, `a/apartment_building/outdoor/x.jpg` -> `apartment_building/outdoor`.
@@ -66,8 +71,8 @@ class Manifest:
     """A parsed, validated Places-format manifest.
 
     Paths are stored relative to the two base folders (resolved to absolute folders here); use `wav_path(i)` and
-    `image_path(i)`. `image_id[i]` numbers the distinct image paths of this manifest (sorted by path), so captions
-    that share an image share an id.
+    `image_path(i)`. `image_id[i]` numbers the distinct images of this manifest, so captions that share an image
+    share an id: an image is the item's `image_id` string when it has one (`image_keys`), else its image path.
     """
 
     path: str
@@ -78,11 +83,33 @@ class Manifest:
     uttids: np.ndarray
     speakers: np.ndarray
     texts: np.ndarray  # [N] bytes: asr_text (or text), "" when absent
+    image_keys: np.ndarray | None = None  # [N] bytes: the item's image_id string, "" when absent; None: no item has one
+    text_alignments: np.ndarray | None = None  # [N] bytes: text_alignment, "" when absent; None: no item has one
     image_id: np.ndarray = field(init=False)  # [N] int64
 
     def __post_init__(self) -> None:
-        _, inverse = np.unique(self.images, return_inverse=True)
+        groups = self.images
+        if self.image_keys is not None:
+            # "k:" and "p:" keep an id from ever meeting a path of the same spelling.
+            keyed = np.char.add(b"k:", self.image_keys)
+            groups = np.where(self.image_keys != b"", keyed, np.char.add(b"p:", self.images))
+        _, inverse = np.unique(groups, return_inverse=True)
         self.image_id = inverse.astype(np.int64).reshape(-1)
+        if self.image_keys is not None:
+            self._check_one_path_per_image_id()
+
+    def _check_one_path_per_image_id(self) -> None:
+        """Image features are computed once per image id, so an id naming two image files would be silently wrong."""
+        order = np.lexsort((self.images, self.image_id))
+        ids, paths = self.image_id[order], self.images[order]
+        clash = np.flatnonzero((ids[1:] == ids[:-1]) & (paths[1:] != paths[:-1]))
+        if clash.size:
+            a, b = int(order[clash[0]]), int(order[clash[0] + 1])
+            raise ManifestError(
+                f"manifest {self.path}: items {min(a, b)} and {max(a, b)} have the same image_id "
+                f"{self.image_keys[a].decode('utf-8')!r} but different images "
+                f"({self.images[a].decode('utf-8')!r}, {self.images[b].decode('utf-8')!r})"
+            )
 
     def __len__(self) -> int:
         return len(self.wavs)
@@ -103,6 +130,12 @@ class Manifest:
             "wav": self.wavs[i].decode("utf-8"),
             "image": self.images[i].decode("utf-8"),
         }
+
+    def text_alignment(self, i: int) -> str | None:
+        """The `text_alignment` string of item i (`"start__WORD__end ..."`, seconds), None when it has none."""
+        if self.text_alignments is None or not self.text_alignments[i]:
+            return None
+        return self.text_alignments[i].decode("utf-8")
 
     def wav_paths(self) -> list[str]:
         return [self.wav_path(i) for i in range(len(self))]
@@ -190,13 +223,21 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     path = os.path.abspath(os.fspath(path))
     data, top = read_manifest_json(path)
     columns: dict[str, list[str]] = {k: [] for k in REQUIRED_ITEM_KEYS + OPTIONAL_ITEM_KEYS}
-    for item in data:
+    grouping: dict[str, list[str]] = {"image_id": [], "text_alignment": []}
+    for i, item in enumerate(data):
         for key in REQUIRED_ITEM_KEYS:
             columns[key].append(item[key])
         for key in OPTIONAL_ITEM_KEYS:
-            # Places manifests carry Google ASR output as asr_text; some others have a plain text key.
-            value = item.get(key) if key != "asr_text" or item.get(key) is not None else item.get("text")
+            value = item.get(key)
             columns[key].append("" if value is None else str(value))
+        # Places manifests carry Google ASR output as asr_text; some others have a plain text key. null is "".
+        text = item.get("asr_text") if item.get("asr_text") is not None else item.get("text")
+        columns["asr_text"][-1] = "" if text is None else str(text)
+        for key, values in grouping.items():
+            value = item.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ManifestError(f"manifest {path}: item {i}: {key!r} must be a string, got {value!r}")
+            values.append(value or "")
     _warn_duplicate_uttids(path, columns["uttid"])
 
     return Manifest(
@@ -208,6 +249,8 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         uttids=_bytes_array(columns["uttid"]),
         speakers=_bytes_array(columns["speaker"]),
         texts=_bytes_array(columns["asr_text"]),
+        image_keys=_bytes_array(grouping["image_id"]) if any(grouping["image_id"]) else None,
+        text_alignments=_bytes_array(grouping["text_alignment"]) if any(grouping["text_alignment"]) else None,
     )
 
 

@@ -3,8 +3,8 @@
 - ``nets``: the papers' audio and image nets as plain ``nn.Module``s.
 - ``core``: plain torch: similarities, losses, exact recall@k, grounding and localisation.
 - ``metrics``: the DDP-exact torchmetrics Metrics (recall@k, place accuracy).
-- LightningModules: ``NIPS2016``, ``ACL2017``, ``DAVEnet``, ``ResDAVEnet`` (over ``RetrievalModule``) and
-  ``PlaceClassifier`` (the warm-up), all subclasses of ``VGSModule``.
+- LightningModules: ``NIPS2016``, ``ACL2017``, ``DAVEnet``, ``ResDAVEnet``, ``ResDAVEnetVQ`` (over
+  ``RetrievalModule``) and ``PlaceClassifier`` (the warm-up), all subclasses of ``VGSModule``.
 - ``checkpoints`` (reading checkpoints for tools), ``convert`` (official checkpoints), ``analysis`` (commands).
 
 The LightningModules are imported lazily, so that ``lightning_modules.nets`` and ``lightning_modules.core`` can be
@@ -22,7 +22,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "davenet": ["DAVEnet"],
         "nips2016": ["NIPS2016"],
         "place_classifier": ["PlaceClassifier"],
-        "resdavenet": ["ResDAVEnet"],
+        "resdavenet": ["ResDAVEnet", "ResDAVEnetVQ"],
     },
 )
 

@@ -22,7 +22,7 @@ from torch import nn
 from .checkpoints import load_audio_encoder
 from .core.losses import RetrievalLoss, SampledMarginRankLoss
 from .core.similarity import SIMILARITY_KINDS
-from .metrics import RetrievalRecallMetric
+from .metrics import RetrievalRecallMetric, first_of_each
 from .optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler
 
 # The loss is an nn.Module init arg on purpose (configs pick it by class_path); under LightningCLI its
@@ -183,13 +183,16 @@ class RetrievalModule(VGSModule):
 
     Validation and test gather every rank's outputs in a ``RetrievalRecallMetric``, drop the duplicates that
     DistributedSampler adds, and rank the whole split at once, so the logged recall is the same on 1 or 8
-    GPUs. ``val/mean_R@10`` (the mean of both directions) is what checkpoints are selected on, as in the
+    GPUs. A split with several captions per image is ranked over its unique images (SpeechCLIP / FaST-VGS
+    protocol, see ``RetrievalRecallMetric``), and the image net runs once per distinct image of each batch.
+    ``val/mean_R@10`` (the mean of both directions) is what checkpoints are selected on, as in the
     official code.
 
     Args:
         similarity_kind: ``"dot"`` for pooled models; ``"SISA"``, ``"MISA"`` or ``"SIMA"`` for matchmaps.
-        loss: an ``nn.Module`` with ``forward(image_out, audio_out, nframes, kind)``; None gives DAVEnet's
-            sampled margin ranking loss with margin 1.
+        loss: an ``nn.Module`` with ``forward(image_out, audio_out, nframes, kind, image_ids=None)`` (captions with
+            the same image id are never each other's negatives); None gives DAVEnet's sampled margin ranking loss
+            with margin 1.
         normalize_outputs: L2-normalise image and audio outputs along the channel axis (per region and per
             frame for matchmap models). Off in the papers; small models learn much faster with it.
         recall_ks: the k of recall@k.
@@ -235,7 +238,9 @@ class RetrievalModule(VGSModule):
     # ---- training -----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image_out, audio_out, out_nframes = self(batch["image"], batch["audio"], batch["nframes"])
-        loss = self.loss(image_out, audio_out, out_nframes, self.similarity_kind)
+        # Captions of one image are never each other's negatives (the losses mask by image id).
+        loss = self.loss(image_out, audio_out, out_nframes, self.similarity_kind, image_ids=batch.get("image_id"))
+        loss = self.add_auxiliary_losses(loss, batch["audio"].shape[0])
         self.check_finite(loss)
         bs = batch["audio"].shape[0]
         # Per-step value of this rank for the progress bar; the epoch mean is averaged over ranks.
@@ -243,10 +248,33 @@ class RetrievalModule(VGSModule):
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         return loss
 
+    def add_auxiliary_losses(self, loss: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``loss`` plus the terms the nets recorded in this step's forward, logged as ``train/<name>``.
+
+        A net may hold ``aux_losses`` (name -> scalar added to the training loss, e.g. a VQ commitment loss) and
+        ``aux_metrics`` (name -> scalar only logged, e.g. a code perplexity) after its forward.
+        """
+        for net in (self.audio_net, getattr(self, "image_net", None)):
+            aux_losses, aux_metrics = getattr(net, "aux_losses", {}), getattr(net, "aux_metrics", {})
+            for name, value in {**aux_losses, **aux_metrics}.items():
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+            for value in aux_losses.values():
+                loss = loss + value
+        return loss
+
     # ---- evaluation: outputs are gathered once per epoch, ranked over the whole split ---------------
+    def _unique_images(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's distinct images (by ``image_id``; captions of one image are neighbours in manifest order)
+        and the row of each caption's image among them, so the image net runs once per image."""
+        if batch.get("image_id") is None:
+            return batch["image"], None
+        first, rows = first_of_each(batch["image_id"])
+        return (batch["image"] if first.numel() == rows.numel() else batch["image"][first]), rows
+
     def _eval_step(self, batch: dict, metric: RetrievalRecallMetric) -> None:
-        image_out, audio_out, out_nframes = self(batch["image"], batch["audio"], batch["nframes"])
-        metric.update(image_out, audio_out, out_nframes, batch["index"], batch.get("image_id"))
+        images, image_rows = self._unique_images(batch)
+        image_out, audio_out, out_nframes = self(images, batch["audio"], batch["nframes"])
+        metric.update(image_out, audio_out, out_nframes, batch["index"], batch.get("image_id"), image_rows)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.val_recall)
@@ -272,6 +300,7 @@ class RetrievalModule(VGSModule):
         self.last_test_metrics = self._log_recall(self.test_recall, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        image_out, audio_out, out_nframes = self(batch["image"], batch["audio"], batch["nframes"])
-        return {"image_out": image_out, "audio_out": audio_out, "nframes": out_nframes, "index": batch["index"],
-                "image_id": batch.get("image_id")}
+        images, image_rows = self._unique_images(batch)
+        image_out, audio_out, out_nframes = self(images, batch["audio"], batch["nframes"])
+        return {"image_out": image_out, "image_rows": image_rows, "audio_out": audio_out, "nframes": out_nframes,
+                "index": batch["index"], "image_id": batch.get("image_id")}

@@ -1,7 +1,8 @@
 """Reading VGS-Lightning checkpoints outside ``fit``: a whole retrieval module for tools and notebooks
-(``load_retrieval_checkpoint``), or only an audio net's weights for a warm start (``load_audio_encoder``).
+(``load_retrieval_checkpoint``), only an audio net's weights for a warm start (``load_audio_encoder``), or every
+matching weight of an earlier run to seed an incremental schedule (``load_matching_weights``).
 
-Both read the file once, with ``core.weights.read_weights`` (``torch.load(weights_only=True)``): checkpoints written
+All read the file once, with ``core.weights.read_weights`` (``torch.load(weights_only=True)``): checkpoints written
 by ``cli.py`` and by the converter hold tensors and plain hyperparameters only; those of a module built in Python
 may also hold its audio net or loss (``allow_modules``). A file that holds anything else is refused with an error
 naming it. (``--ckpt_path`` of ``cli.py`` keeps Lightning's own loader.)
@@ -67,6 +68,50 @@ def load_audio_encoder(audio_net: nn.Module, ckpt_path: str | os.PathLike) -> No
                 lines.append(f"  {title}: {shown}")
         raise ValueError("\n".join(lines))
     audio_net.load_state_dict(state, strict=True)
+
+
+def load_matching_weights(module: nn.Module, ckpt_path: str | os.PathLike) -> dict:
+    """Load every tensor of a checkpoint whose key and shape exist in ``module`` (the official ``--seed-dir``).
+
+    For incremental schedules such as ResDAVEnet-VQ's ``{}->{3}``: the seed run's nets load, the new run's extra
+    tensors (e.g. the codebooks of newly enabled VQ layers) keep their fresh initialisation. A tensor of the same
+    name but another shape means another architecture and is an error (rather than silently starting fresh).
+
+    Returns ``{"path", "loaded", "fresh", "ignored"}``: the module's keys loaded and left fresh, and the
+    checkpoint's keys the module does not have.
+    """
+    name = f"seed_ckpt {os.fspath(ckpt_path)}"
+    ckpt = read_weights(ckpt_path, "seed_ckpt", allow_modules=True)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsFileError(f"{name}: holds no state dict")
+    own = module.state_dict()
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state) if state[k].shape != own[k].shape
+    )
+    if mismatched:
+        shown = ", ".join(mismatched[:10]) + (f", ... ({len(mismatched)} in all)" if len(mismatched) > 10 else "")
+        raise ValueError(f"{name} has another architecture than this {type(module).__name__}: {shown}")
+    loaded = sorted(k for k in own if k in state)
+    module.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return {"path": os.fspath(ckpt_path), "loaded": loaded, "fresh": sorted(set(own) - set(state)),
+            "ignored": sorted(set(state) - set(own))}
+
+
+def format_seed_report(report: dict) -> str:
+    """The seed report of ``load_matching_weights`` for people: counts per top-level module, fresh keys in full."""
+    def by_module(keys: list[str]) -> str:
+        counts: dict[str, int] = {}
+        for k in keys:
+            counts[k.split(".")[0]] = counts.get(k.split(".")[0], 0) + 1
+        return ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
+
+    lines = [f"seed_ckpt {report['path']}: loaded {len(report['loaded'])} tensors ({by_module(report['loaded'])})"]
+    lines.append("  fresh (not in the seed): " + (", ".join(report["fresh"]) or "none"))
+    if report["ignored"]:
+        lines.append("  ignored (not in this model): " + ", ".join(report["ignored"]))
+    return "\n".join(lines)
 
 
 def load_retrieval_checkpoint(checkpoint: str | os.PathLike | Mapping, model_class: type | None = None,

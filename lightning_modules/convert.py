@@ -10,23 +10,27 @@
 
     --from            audio file (official class)          image file (official class)         our module
     davenet-pytorch   Davenet: batchnorm1, conv1..conv5    VGG16: image_model.0..30            davenet.DAVEnet
-    resdavenet-vq     ResDavenetVQ (VQ layers off)         Resnet50: torchvision + embedder    resdavenet.ResDAVEnet
+    resdavenet-vq     ResDavenetVQ (any VQ layers)         Resnet50: torchvision + embedder    resdavenet.ResDAVEnet
 
 The architecture is read off the weights: DAVEnet's embedding size from `conv5` (and the image's `image_model.30`,
 which must agree); ResDAVEnet's stem and stage widths, blocks per stage and kernel width from `conv1` and the
-`layerK.J.*` keys. The written checkpoint stores those as hyperparameters with LightningCLI's `_class_path`, so
+`layerK.J.*` keys, its VQ layers (positions, codebook sizes, code widths) from the `quant<k>._embedding.weight` keys.
+The written checkpoint stores those as hyperparameters with LightningCLI's `_class_path`, so
 `cli.py test --ckpt_path` rebuilds this architecture whatever the config says, and
 `DAVEnet.load_from_checkpoint(path)` works too. Settings that change what the model computes are pinned to the
 official ones: `pretrained_image: false` (the weights come from the file), `normalize_outputs: false`, the official
-similarity (DAVEnet MISA, the `--simtype` default; ResDAVEnet SISA, which equals its "pooldot"). LightningCLI lets a
+similarity (DAVEnet MISA, the `--simtype` default; ResDAVEnet SISA, which equals its "pooldot"), and for ResDAVEnet
+`mask_padding: false` (the official receptive fields see the padding; pass `mask_padding=True` to evaluate the
+padding-invariant function instead). LightningCLI lets a
 checkpoint's hyperparameters override the config and the command line, so to evaluate with another similarity,
 convert again with `--similarity SIMA` (or `similarity_kind=` in the Python API) rather than `--model.*`.
 
 Keys: DataParallel's `module.` prefix is stripped; BatchNorm `num_batches_tracked` may be present or absent;
-ResDAVEnet-VQ's `batchnorm1` (defined but never called in its forward) is dropped; the VQ codebooks `quant<k>.*`
-(VQ layers are not part of this project) are set aside under the checkpoint's `"unused_official_state"` with a
-warning, since a model trained with VQ on computes something else without them. Any other unknown, missing or
-misshaped key is an error naming the file and the keys.
+ResDAVEnet-VQ's `batchnorm1` (defined but never called in its forward) is dropped and kept under the checkpoint's
+`"unused_official_state"`; each VQ layer's EMA state `quant<k>._embedding.weight`, `_ema_cluster_size`, `_ema_w`
+goes to our `quant<k>.codebook`, `ema_count`, `ema_sum`, so the converted model computes the official function and
+can be fine-tuned with its codebooks. Any other unknown, missing or misshaped key is an error naming the file and
+the keys.
 
 The checkpoint holds weights only (no optimiser or loop state): use it with `test`, `validate`, `predict` or
 `load_from_checkpoint`, not to resume `fit`.
@@ -57,7 +61,9 @@ from .core.weights import as_state_dict, read_state_dict
 from .davenet import DAVEnet
 from .resdavenet import ResDAVEnet
 
-VQ_KEY = re.compile(r"^quant\d+\.")
+CODEBOOK_KEY = re.compile(r"^quant(\d+)\._embedding\.weight$")
+# official VectorQuantizerEMA state -> ours (nets.quantizers.VectorQuantizerEMA), per VQ position
+VQ_RENAMES = (("_embedding.weight", "codebook"), ("_ema_cluster_size", "ema_count"), ("_ema_w", "ema_sum"))
 STAGE_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
 
 
@@ -76,7 +82,7 @@ class Source:
     similarity_kind: str  # the official similarity, stored unless --similarity says otherwise
     image_renames: tuple[tuple[str, str], ...] = ()  # (official prefix, ours), after `module.` is stripped
     dropped_audio: tuple[str, ...] = ()  # audio key prefixes that the official forward never uses
-    vq_aside: bool = False  # `quant<k>.*` audio keys (VQ codebooks) are set aside rather than rejected
+    vq_layers: bool = False  # `quant<k>.*` audio keys are VQ layers, loaded into ours (positions read off the keys)
     # init args that fix the architecture or the weights: inferred, never overridden to something else
     arch_args: tuple[str, ...] = ()
 
@@ -191,10 +197,38 @@ def _infer_resdavenet(audio: dict, image: dict, audio_name: str, image_name: str
             f"embedding sizes differ: {audio_name} layer{stages[-1]} gives {widths[-1]} channels, {image_name} "
             f"embedder gives {image_dim}; the two files must come from one training run"
         )
+    vq_layers, sizes = _infer_vq_layers(audio, widths, audio_name)
     return dict(
         layer_widths=widths, layer_depths=depths, convsize=kernels.pop(), embedding_dim=None,
         audio_width_mult=1.0, image_arch="resnet50", image_width_mult=1.0, pretrained_image=False,
+        vq_layers=vq_layers, codebook_size=sizes, mask_padding=False,
     )
+
+
+def _infer_vq_layers(audio: dict, widths: list[int], audio_name: str) -> tuple[list[int], int | list[int]]:
+    """VQ positions and codebook sizes from the `quant<k>._embedding.weight` [K, width] keys; the sizes as one int
+    when they agree, else one per position (1024, the official default, where a position has no VQ layer)."""
+    found = {int(m.group(1)): tuple(audio[key].shape) for key in audio if (m := CODEBOOK_KEY.match(key))}
+    positions = len(widths)
+    for k, shape in sorted(found.items()):
+        if not 1 <= k <= positions:
+            raise ConversionError(f"{audio_name}: quant{k} is not a VQ position of a {positions - 1}-stage model "
+                                  f"(quant1..quant{positions})")
+        if len(shape) != 2 or shape[1] != widths[k - 1]:
+            raise ConversionError(
+                f"{audio_name}: quant{k}._embedding.weight has shape {shape}, but a code at VQ position {k} is "
+                f"{widths[k - 1]} wide (expected [codes, {widths[k - 1]}])"
+            )
+    sizes = {k: shape[0] for k, shape in found.items()}
+    if len(set(sizes.values())) <= 1:
+        return sorted(sizes), next(iter(sizes.values()), 1024)
+    return sorted(sizes), [sizes.get(k, 1024) for k in range(1, positions + 1)]
+
+
+def _vq_renames(audio: dict) -> tuple[tuple[str, str], ...]:
+    """(official prefix, ours) for the EMA state of every VQ layer in `audio`."""
+    positions = sorted({int(m.group(1)) for key in audio if (m := CODEBOOK_KEY.match(key))})
+    return tuple((f"quant{k}.{official}", f"quant{k}.{ours}") for k in positions for official, ours in VQ_RENAMES)
 
 
 SOURCES: dict[str, Source] = {
@@ -209,9 +243,9 @@ SOURCES: dict[str, Source] = {
     "resdavenet-vq": Source(
         module=ResDAVEnet, audio_class="ResDavenetVQ", image_class="Resnet50", infer=_infer_resdavenet,
         similarity_kind="SISA",  # equals the official compute_pooldot_similarity_matrix
-        dropped_audio=("batchnorm1.",), vq_aside=True,
+        dropped_audio=("batchnorm1.",), vq_layers=True,
         arch_args=("layer_widths", "layer_depths", "convsize", "embedding_dim", "audio_width_mult", "image_arch",
-                   "image_width_mult", "pretrained_image"),
+                   "image_width_mult", "pretrained_image", "vq_layers", "codebook_size"),
     ),
 }
 
@@ -236,8 +270,9 @@ def load_official(
 
     Returns:
         ``(module, report)``; the report holds ``source``, ``class_path``, ``init_args`` (what the checkpoint
-        stores), ``stripped_module_prefix``, ``loaded`` (tensors per net), ``dropped`` (keys never used by the
-        official forward), ``unused`` (VQ keys set aside), ``unused_state`` (those tensors) and ``warnings``.
+        stores), ``stripped_module_prefix``, ``loaded`` (tensors per net), ``vq`` (one dict per VQ layer:
+        ``position``, ``codes``, ``width``), ``dropped`` (keys never used by the official forward), ``unused_state``
+        (those tensors) and ``warnings``.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {sorted(SOURCES)}, got {source!r}")
@@ -246,8 +281,7 @@ def load_official(
     image, image_prefix = strip_dataparallel(as_state_dict(image_sd, image_name))
 
     dropped = sorted(k for k in audio if spec.dropped_audio and k.startswith(spec.dropped_audio))
-    unused = sorted(k for k in audio if spec.vq_aside and VQ_KEY.match(k))
-    aside = {k: audio.pop(k) for k in dropped + unused}
+    aside = {k: audio.pop(k) for k in dropped}
 
     init_args = spec.infer(audio, image, audio_name, image_name)
     init_args["similarity_kind"] = spec.similarity_kind
@@ -264,7 +298,8 @@ def load_official(
     with torch.device("meta"):  # check every key and shape before allocating and initialising the real nets
         probe = spec.module(**init_args)
     weights = {
-        "audio_net": match_keys(probe.audio_net, audio, (), f"{audio_name} ({spec.audio_class})"),
+        "audio_net": match_keys(probe.audio_net, audio, _vq_renames(audio) if spec.vq_layers else (),
+                                f"{audio_name} ({spec.audio_class})"),
         "image_net": match_keys(probe.image_net, image, spec.image_renames, f"{image_name} ({spec.image_class})"),
     }
     module = spec.module(**init_args)
@@ -278,21 +313,16 @@ def load_official(
         messages.append(
             f"dropped {len(dropped)} keys of {audio_name} that the official forward never uses: {_listing(dropped)}"
         )
-    if unused:
-        layers = sorted({k.split(".")[0] for k in unused})
-        messages.append(
-            f"{audio_name} has VQ layers {', '.join(layers)} ({len(unused)} keys: {_listing(unused)}). VQ layers are "
-            "not part of VGS-Lightning: the converted model runs with VQ off, which is not the function the official "
-            "model computes with them on. The codebooks are kept under 'unused_official_state' in the checkpoint."
-        )
+    vq = [{"position": k, "codes": vq_net.num_codes, "width": vq_net.dim}
+          for k in getattr(module.audio_net, "vq_layers", ()) for vq_net in [getattr(module.audio_net, f"quant{k}")]]
     report = dict(
         source=source,
         class_path=spec.class_path,
         init_args=init_args,
         stripped_module_prefix=audio_prefix or image_prefix,
         loaded={net_name: len(state) for net_name, state in weights.items()},
+        vq=vq,
         dropped=dropped,
-        unused=unused,
         unused_state=aside,
         warnings=messages,
     )
@@ -314,8 +344,8 @@ def checkpoint_dict(module: RetrievalModule, report: dict, audio_path: str = "",
             "audio": os.fspath(audio_path),
             "image": os.fspath(image_path),
             "stripped_module_prefix": report["stripped_module_prefix"],
+            "vq": report["vq"],
             "dropped": report["dropped"],
-            "unused": report["unused"],
         },
         "unused_official_state": dict(report["unused_state"]),
     }
@@ -328,7 +358,7 @@ def convert(
     """Read an official audio + image checkpoint pair, write our Lightning checkpoint to `out_path`.
 
     `overrides` as in `load_official`. Returns the report of `load_official` (without the tensors) plus ``out``.
-    Warnings (dropped keys, VQ codebooks set aside) are also issued with `warnings.warn`.
+    Warnings (dropped keys) are also issued with `warnings.warn`.
     """
     audio_path, image_path, out_path = os.fspath(audio_path), os.fspath(image_path), os.fspath(out_path)
     for key, value in overrides.items():
@@ -387,10 +417,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     config = "davenet" if report["class_path"].endswith(".DAVEnet") else "resdavenet"
+    config += "_vq" if report["vq"] else ""
     arch = ", ".join(f"{k}={v}" for k, v in report["init_args"].items())
     print(f"wrote {report['out']}: {report['class_path']}({arch})")
     print(f"  loaded {report['loaded']['audio_net']} audio and {report['loaded']['image_net']} image tensors"
           + (" (stripped DataParallel's 'module.' prefix)" if report["stripped_module_prefix"] else ""))
+    if report["vq"]:
+        layers = ", ".join(f"quant{v['position']} ({v['codes']} codes x {v['width']})" for v in report["vq"])
+        print(f"  VQ layers: {layers}")
     for message in report["warnings"]:
         print(f"  warning: {message}")
     print(f"  evaluate: python cli.py test --config configs/{config}.yaml --ckpt_path {report['out']}")

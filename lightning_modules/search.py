@@ -1,8 +1,12 @@
 """``predict`` is spoken search: rank a gallery for every query and write the top-k as JSON.
 
 With ``direction="a2i"`` every caption of the predict manifest is a spoken query and the manifest's unique
-images are the gallery; ``"i2a"`` is the reverse (image as query, captions as the gallery); ``"both"``
-writes both lists. For the place classifier, each caption gets its top-k scene classes.
+images are the gallery; ``"i2a"`` is the reverse (each unique image as query, captions as the gallery);
+``"both"`` writes both lists. For the place classifier, each caption gets its top-k scene classes.
+
+Ranks follow the evaluation protocol (``RetrievalRecallMetric``): ``own_image_rank`` is the rank of a caption's
+own image among the unique images, ``own_caption_rank`` the rank of an image's best-ranked own caption with only
+other images' captions counted ahead (R@k = any own caption in the top k); ties break by gallery order.
 """
 
 from __future__ import annotations
@@ -92,7 +96,9 @@ class SpokenSearchWriter(BasePredictionWriter):
                 item = {"index": idx, "image_id": int(p["image_id"][b]) if p.get("image_id") is not None else idx}
                 for key in ("image_out", "audio_out", "logits"):
                     if p.get(key) is not None:
-                        item[key] = p[key][b]
+                        # with image_rows, image_out holds the batch's distinct images only
+                        row = int(p["image_rows"][b]) if key == "image_out" and p.get("image_rows") is not None else b
+                        item[key] = p[key][row]
                 if p.get("nframes") is not None:
                     item["nframes"] = int(p["nframes"][b])
                     item["audio_out"] = item["audio_out"][..., : item["nframes"]]
@@ -136,16 +142,22 @@ class SpokenSearchWriter(BasePredictionWriter):
         if self.direction in ("i2a", "both"):
             kc = min(self.top_k, S.shape[1])
             scores, cols = S.topk(kc, dim=1)
-            result["i2a"] = [
-                {
+            caption_row = torch.tensor([row_of_image[it["image_id"]] for it in items])
+            queries = []
+            for q, p in enumerate(image_pos):
+                row, own = S[q], caption_row == q
+                # any-hit rank (as retrieval_metrics): the best own caption, only other images' captions ahead
+                best = int(torch.nonzero(own & (row == row[own].max()))[0])
+                rank = 1 + int((row[~own] > row[best]).sum()) + int((row[:best][~own[:best]] == row[best]).sum())
+                queries.append({
                     "query": item_info(dataset, items[p]["index"]),
                     "results": [
                         {"rank": r + 1, "score": float(scores[q, r]), **item_info(dataset, items[cols[q, r]]["index"])}
                         for r in range(kc)
                     ],
-                }
-                for q, p in enumerate(image_pos)
-            ]
+                    "own_caption_rank": rank,
+                })
+            result["i2a"] = queries
         return result
 
     def _places(self, preds: list[dict], dataset: Any, trainer) -> dict:

@@ -97,16 +97,18 @@ class WandbDashboard(Callback):
             return
         import wandb
 
-        order = getattr(pl_module.val_recall, "last_indices", None)
-        index_of = order.tolist() if order is not None else list(range(S.shape[0]))
+        metric = pl_module.val_recall
+        caption_index = metric.last_indices.tolist()  # column q is dataset item caption_index[q]
+        image_index = metric.last_image_indices.tolist()  # row r shows the image of item image_index[r]
+        own_row = metric.last_caption_image.tolist()
         k = min(self.top_k, S.shape[0])
         top = S.t().topk(k, dim=1).indices  # [captions, k] image rows
         rows = []
         for q in range(min(self.n_queries, S.shape[1])):
-            thumbs = [wandb.Image(display_image(trainer, dataset[index_of[r]]["image"]).permute(1, 2, 0).cpu().numpy())
-                      for r in top[q].tolist()]
-            hit = q in top[q].tolist()
-            rows.append([self._text(dataset, index_of[q]), hit, *thumbs])
+            thumbs = [wandb.Image(display_image(trainer, dataset[image_index[r]]["image"]).permute(1, 2, 0).cpu()
+                                  .numpy()) for r in top[q].tolist()]
+            hit = own_row[q] in top[q].tolist()
+            rows.append([self._text(dataset, caption_index[q]), hit, *thumbs])
         columns = ["caption", f"hit@{k}", *[f"top{r + 1}" for r in range(k)]]
         logger.log_table("val/retrieval_examples", columns=columns, data=rows, step=trainer.global_step)
 

@@ -14,6 +14,8 @@ import yaml
 import cli
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+# resdavenet_vq.yaml's fit -> test runs in tests/test_vq.py, seeded from a {} checkpoint as its recipe is meant to
+ROUND_TRIP = [c for c in CONFIGS if c.stem != "resdavenet_vq"]
 REPO = Path(__file__).parent.parent
 
 # Tiny sizes for every model; the rest of each config (loss, optimiser, schedule, transforms) is kept.
@@ -23,6 +25,8 @@ TINY_MODEL = {
     "DAVEnet": ["--model.embedding_dim=16", "--model.audio_width_mult=0.06", "--model.image_width_mult=0.06"],
     "ResDAVEnet": ["--model.layer_widths=[8,8,16,16,16]", "--model.image_arch=resnet18",
                    "--model.image_width_mult=0.125"],
+    "ResDAVEnetVQ": ["--model.layer_widths=[8,8,16,16,16]", "--model.image_arch=resnet18",
+                     "--model.image_width_mult=0.125"],
     "PlaceClassifier": ["--model.audio_net.init_args.embedding_dim=16", "--model.audio_net.init_args.width_mult=0.06"],
 }
 
@@ -60,7 +64,7 @@ def _latest(trainer) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize("config", ROUND_TRIP, ids=[c.stem for c in ROUND_TRIP])
 def test_fit_then_test_round_trip(config, spokenscenes, tmp_path):
     fit = _run("fit", _tiny_args(config, spokenscenes, tmp_path))
     best = fit.trainer.checkpoint_callback.best_model_path or fit.trainer.checkpoint_callback.last_model_path

@@ -90,15 +90,20 @@ def resdavenet_audio_sd(
 
     `vq` = {k: codebook size} adds VQ layer k's EMA state, named as the official `VectorQuantizerEMA` names it:
     `quant<k>._embedding.weight` [K, width], `quant<k>._ema_cluster_size` [K], `quant<k>._ema_w` [K, width], with
-    width = layer_widths[k-1] (quant1 sits after conv1, quant<k> after layer<k-1>). The converter sets aside any
-    `quant<k>.*` key whatever its name.
+    width = layer_widths[k-1] (quant1 sits after conv1, quant<k> after layer<k-1>). Codes are drawn around the
+    scale of the (post-ReLU) activations they quantise, cluster sizes positive, `_ema_w = size * code` as the EMA
+    keeps it.
     """
     shapes = resdavenet_audio_shapes(widths, depths, convsize)
-    for k, size in (vq or {}).items():
-        shapes[f"quant{k}._embedding.weight"] = (size, widths[k - 1])
-        shapes[f"quant{k}._ema_cluster_size"] = (size,)
-        shapes[f"quant{k}._ema_w"] = (size, widths[k - 1])
-    return _fill(shapes, seed, nbt, prefix)
+    sd = _fill(shapes, seed, nbt, prefix)
+    g = torch.Generator().manual_seed(100 + seed)
+    for k, size in sorted((vq or {}).items()):
+        codes = (0.5 * torch.randn(size, widths[k - 1], generator=g)).abs()
+        mass = 1.0 + 3.0 * torch.rand(size, generator=g)
+        sd[f"{prefix}quant{k}._embedding.weight"] = codes
+        sd[f"{prefix}quant{k}._ema_cluster_size"] = mass
+        sd[f"{prefix}quant{k}._ema_w"] = codes * mass[:, None]
+    return sd
 
 
 def resnet50_sd(embedding_dim: int, seed: int = 3, nbt: bool = False, prefix: str = "") -> dict:
@@ -157,10 +162,33 @@ def official_davenet_audio(sd: dict, audio: torch.Tensor) -> torch.Tensor:
     return x.squeeze(2)
 
 
-def official_resdavenet_audio(sd: dict, audio: torch.Tensor, depths=RES_DEPTHS) -> torch.Tensor:
-    """ResDavenetVQ.forward with VQ off (batchnorm1 is never called), on the raw official tensors."""
+def _official_quantize(sd: dict, x: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ResDavenetVQ.maybe_quantize + VectorQuantizerEMA.forward in eval, as the official code writes them: frames
+    flattened (B, H, W, C), distances |x|^2 + |e|^2 - 2 x e^T, argmin, a one-hot matrix times the codebook.
+    Returns (quantized map [B, C, 1, T], codes [B, T]); the identity and no codes where quant<k> is absent."""
+    key = f"quant{position}._embedding.weight"
+    if key not in sd:
+        return x, None
+    e = sd[key]
+    flat = x.permute(0, 2, 3, 1).contiguous()
+    bhwc = flat.shape
+    flat = flat.view(-1, bhwc[-1])
+    distances = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()
+    index = distances.argmin(1, keepdim=True)
+    onehots = torch.zeros(index.shape[0], e.shape[0]).scatter_(1, index, 1)
+    quantized = (onehots @ e).view(bhwc).permute(0, 3, 1, 2)
+    return quantized, onehots.argmax(1).view(bhwc[0], bhwc[2])
+
+
+def official_resdavenet_audio(sd: dict, audio: torch.Tensor, depths=RES_DEPTHS, codes_at: int | None = None):
+    """ResDavenetVQ.forward in eval (batchnorm1 is never called; no jitter in eval), with every `quant<k>` of the
+    state dict, on the raw official tensors. `codes_at=k`: instead, the codes at VQ position k, as
+    `get_vq_outputs(x, "quant<k>")` gives them (the argmax of its one-hots)."""
     sd = _strip(sd)
     x = F.relu(_bn_eval(F.conv2d(audio.unsqueeze(1), sd["conv1.weight"]), sd, "bn1"))
+    x, codes = _official_quantize(sd, x, 1)
+    if codes_at == 1:
+        return codes
     for k, depth in enumerate(depths, start=1):
         for j in range(depth):
             b = f"layer{k}.{j}"
@@ -172,6 +200,9 @@ def official_resdavenet_audio(sd: dict, audio: torch.Tensor, depths=RES_DEPTHS) 
             if j == 0:
                 shortcut = _bn_eval(F.conv2d(x, sd[f"{b}.downsample.0.weight"], stride=2), sd, f"{b}.downsample.1")
             x = F.relu(out + shortcut)
+        x, codes = _official_quantize(sd, x, k + 1)
+        if codes_at == k + 1:
+            return codes
     return x.squeeze(2)
 
 
@@ -256,7 +287,7 @@ def test_davenet_checkpoint_layout_and_inferred_hparams(davenet_case):
     report = davenet_case["report"]
     assert report["stripped_module_prefix"] is True
     assert report["loaded"] == {"audio_net": 14, "image_net": 28}  # every official entry (no num_batches_tracked)
-    assert report["dropped"] == [] and report["unused"] == [] and report["warnings"] == []
+    assert report["dropped"] == [] and report["vq"] == [] and report["warnings"] == []
 
 
 def test_davenet_matches_official_forward_and_direct_load(davenet_case):
@@ -309,31 +340,37 @@ def test_davenet_load_official_in_memory(prefix, nbt):
 
 
 # ---- ResDAVEnet --------------------------------------------------------------------------------------------------
-def test_resdavenet_infers_architecture_and_sets_aside_vq(resdavenet_case):
+def test_resdavenet_infers_architecture_and_loads_vq(resdavenet_case):
     ckpt = torch.load(resdavenet_case["ckpt"], map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["_class_path"] == "lightning_modules.resdavenet.ResDAVEnet"
     assert hp["layer_widths"] == RES_WIDTHS and hp["layer_depths"] == RES_DEPTHS and hp["convsize"] == 9
     assert hp["image_arch"] == "resnet50" and hp["pretrained_image"] is False and hp["similarity_kind"] == "SISA"
+    assert hp["vq_layers"] == [2, 3] and hp["codebook_size"] == 16 and hp["mask_padding"] is False
     report = resdavenet_case["report"]
     assert report["dropped"] == ["batchnorm1.bias", "batchnorm1.num_batches_tracked", "batchnorm1.running_mean",
                                  "batchnorm1.running_var", "batchnorm1.weight"]
-    vq_keys = sorted(f"quant{k}.{n}" for k in (2, 3) for n in ("_embedding.weight", "_ema_cluster_size", "_ema_w"))
-    assert report["unused"] == vq_keys
-    # The VQ codebooks (and the dropped batchnorm1) travel along, untouched, beside the state dict.
+    assert report["vq"] == [{"position": 2, "codes": 16, "width": 16}, {"position": 3, "codes": 16, "width": 16}]
+    assert report["loaded"]["audio_net"] == 126 + 6  # 131 official entries - batchnorm1's 5 + 2 x 3 VQ tensors
+    # The dropped batchnorm1 travels along, untouched, beside the state dict; the VQ state is in it.
     aside = ckpt["unused_official_state"]
-    assert sorted(aside) == sorted(vq_keys + report["dropped"])
+    assert sorted(aside) == report["dropped"]
     for key in aside:
         assert torch.equal(aside[key], resdavenet_case["audio"][key])
-    assert not any("quant" in k or "batchnorm1" in k for k in ckpt["state_dict"])
-    assert any("quant2, quant3" in w and "VQ off" in w for w in resdavenet_case["warnings"])
+    sd = ckpt["state_dict"]
+    for k in (2, 3):
+        for official, ours in (("_embedding.weight", "codebook"), ("_ema_cluster_size", "ema_count"),
+                               ("_ema_w", "ema_sum")):
+            assert torch.equal(sd[f"audio_net.quant{k}.{ours}"], resdavenet_case["audio"][f"quant{k}.{official}"])
+    assert not any("batchnorm1" in k for k in sd)
     assert any("batchnorm1" in w and "never uses" in w for w in resdavenet_case["warnings"])
-    assert ckpt["converted_from"]["unused"] == vq_keys
+    assert ckpt["converted_from"]["vq"] == report["vq"]
 
 
 def test_resdavenet_matches_official_forward_and_direct_load(resdavenet_case):
     module = _module_from(resdavenet_case["ckpt"], ResDAVEnet)
     assert isinstance(module.audio_net, ResDAVEnetAudioNet) and module.audio_net.layer_widths == RES_WIDTHS
+    assert module.audio_net.vq_layers == (2, 3) and module.audio_net.mask_padding is False
     audio, nframes, image = _inputs(64)
     with torch.no_grad():
         image_out, audio_out, out_nframes = module(image, audio, nframes)
@@ -342,20 +379,69 @@ def test_resdavenet_matches_official_forward_and_direct_load(resdavenet_case):
     torch.testing.assert_close(audio_out, ref_audio)
     torch.testing.assert_close(image_out, ref_image)
     assert audio_out.shape == (2, RES_WIDTHS[-1], 3) and image_out.shape == (2, RES_WIDTHS[-1], 2, 2)
+    # The VQ layers matter: without them the official backbone computes something else.
+    vq_off = {k: v for k, v in resdavenet_case["audio"].items() if not k.startswith("quant")}
+    assert not torch.allclose(official_resdavenet_audio(vq_off, audio), ref_audio, atol=1e-3)
     # num_batches_tracked came from the file.
     assert module.audio_net.layer3[1].bn2.num_batches_tracked.item() == 1234 + 2
-    audio_net = ResDAVEnetAudioNet(RES_WIDTHS, RES_DEPTHS).eval()
+    audio_net = ResDAVEnetAudioNet(RES_WIDTHS, RES_DEPTHS, mask_padding=False).eval()
     audio_net.load_state_dict(
-        {k: v for k, v in resdavenet_case["audio"].items() if k.startswith(("conv1", "bn1", "layer"))}
+        {k: v for k, v in vq_off.items() if k.startswith(("conv1", "bn1", "layer"))}
     )
     image_net = ResNet50Image(RES_WIDTHS[-1]).eval()
     image_net.load_state_dict(resdavenet_case["image"])
     with torch.no_grad():
-        torch.testing.assert_close(audio_out, audio_net(audio, nframes))
+        torch.testing.assert_close(official_resdavenet_audio(vq_off, audio), audio_net(audio, nframes))
         torch.testing.assert_close(image_out, image_net(image))
     sim = similarity_matrix(image_out, audio_out, out_nframes, kind="SISA")
     ref_sim = similarity_matrix(ref_image, ref_audio, audio_net.output_frames(nframes), kind="SISA")
     torch.testing.assert_close(sim, ref_sim)
+
+
+# The VQ configurations of the released checkpoints: {2}, {3}, {2,3} and {2,3,4} (with and without `module.`).
+@pytest.mark.parametrize("positions,prefix", [((2,), "module."), ((3,), ""), ((2, 3), "module."), ((2, 3, 4), "")])
+def test_resdavenet_vq_round_trip_equals_official_forward_and_codes(positions, prefix):
+    sizes = {2: 24, 3: 40, 4: 24}  # different sizes per position: codebook_size becomes one per position
+    audio = resdavenet_audio_sd(vq={k: sizes[k] for k in positions}, seed=11, prefix=prefix)
+    module, report = load_official("resdavenet-vq", audio, resnet50_sd(RES_WIDTHS[-1]))
+    assert report["vq"] == [{"position": k, "codes": sizes[k], "width": RES_WIDTHS[k - 1]} for k in positions]
+    assert report["init_args"]["vq_layers"] == list(positions)
+    expected_sizes = sizes[positions[0]] if len({sizes[k] for k in positions}) == 1 else [
+        sizes.get(k, 1024) if k in positions else 1024 for k in range(1, 6)]
+    assert report["init_args"]["codebook_size"] == expected_sizes
+    net = module.audio_net
+    g = torch.Generator().manual_seed(3)
+    x, nframes = torch.randn(3, 40, 70, generator=g), torch.tensor([70, 52, 33])
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, nframes), official_resdavenet_audio(audio, x))
+    for k in positions:
+        codes, valid = net.encode_units(x, nframes, layer=k)
+        official = official_resdavenet_audio(audio, x, codes_at=k)
+        assert codes.dtype == torch.int64 and torch.equal(codes, official)
+        assert len(codes.unique()) > 2  # not a degenerate codebook where every frame takes one code
+        assert valid.tolist() == [math.ceil(n / 2 ** (k - 1)) for n in nframes.tolist()]
+        assert torch.equal(net.codebook(k), audio[f"{prefix}quant{k}._embedding.weight"])
+
+
+def test_resdavenet_vq_layout_errors():
+    audio = resdavenet_audio_sd(vq={3: 16})
+    audio["quant3._ema_w"] = torch.zeros(16, 8)
+    with pytest.raises(ConversionError, match=r"wrong shapes: quant3\._ema_w \(16, 8\) \(expected \(16, 16\)\)"):
+        load_official("resdavenet-vq", audio, resnet50_sd(64))
+    audio = resdavenet_audio_sd(vq={3: 16})
+    audio["quant3._embedding.weight"] = torch.zeros(16, 32)
+    with pytest.raises(ConversionError, match=r"quant3\._embedding\.weight has shape \(16, 32\).*16 wide"):
+        load_official("resdavenet-vq", audio, resnet50_sd(64))
+    audio = {**resdavenet_audio_sd(vq={2: 16}), "quant6._embedding.weight": torch.zeros(4, 64)}
+    with pytest.raises(ConversionError, match=r"quant6 is not a VQ position of a 4-stage model"):
+        load_official("resdavenet-vq", audio, resnet50_sd(64))
+    audio = {**resdavenet_audio_sd(vq={2: 16}), "quant2.extra": torch.zeros(3)}
+    with pytest.raises(ConversionError, match=r"unknown keys: quant2\.extra"):
+        load_official("resdavenet-vq", audio, resnet50_sd(64))
+    audio = resdavenet_audio_sd(vq={2: 16})
+    del audio["quant2._ema_w"]
+    with pytest.raises(ConversionError, match=r"missing keys: quant2\._ema_w"):
+        load_official("resdavenet-vq", audio, resnet50_sd(64))
 
 
 def test_resdavenet_infers_other_depths_and_kernel():
@@ -363,7 +449,7 @@ def test_resdavenet_infers_other_depths_and_kernel():
     audio = resdavenet_audio_sd(widths, depths, convsize=5, prefix="module.")
     module, report = load_official("resdavenet-vq", audio, resnet50_sd(64))
     assert report["init_args"]["layer_widths"] == widths and report["init_args"]["layer_depths"] == depths
-    assert report["init_args"]["convsize"] == 5 and report["unused"] == []
+    assert report["init_args"]["convsize"] == 5 and report["vq"] == [] and report["init_args"]["vq_layers"] == []
     x = _inputs(32)[0]
     with torch.no_grad():
         torch.testing.assert_close(module.audio_net(x), official_resdavenet_audio(audio, x, depths))

@@ -156,9 +156,9 @@ class _NaNAfter(torch.nn.Module):
         super().__init__()
         self.after, self.calls = after, 0
 
-    def forward(self, image_out, audio_out, nframes, kind):
+    def forward(self, image_out, audio_out, nframes, kind, image_ids=None):
         self.calls += 1
-        loss = InfoNCELoss(10.0)(image_out, audio_out, nframes, kind)
+        loss = InfoNCELoss(10.0)(image_out, audio_out, nframes, kind, image_ids)
         return loss * float("nan") if self.calls > self.after else loss
 
 

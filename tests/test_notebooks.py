@@ -8,6 +8,7 @@ Each notebook has one code cell tagged ``parameters``; the tests add a cell afte
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def test_model_comparison_notebook(tmp_path):
 @pytest.mark.slow
 def test_grounding_notebook_trains_a_tiny_model_and_measures_localisation(tmp_path):
     results, nb = run_notebook("grounding.ipynb", {"QUICK": True, "WORK_DIR": str(tmp_path / "work"),
-                                                   "TRAIN_SECONDS": 6, "BATCH_SIZE": 8}, tmp_path)
+                                                   "TRAIN_SECONDS": 6, "BATCH_SIZE": 8, "VQ_TRAIN_SECONDS": 3},
+                               tmp_path)
     assert Path(results["checkpoint"]).is_file() and str(tmp_path) in results["checkpoint"]
     assert results["n_test"] == 16
     for word in ("shape", "name"):
@@ -105,7 +107,13 @@ def test_grounding_notebook_trains_a_tiny_model_and_measures_localisation(tmp_pa
         assert 0.0 <= loc["accuracy"] <= 1.0 and 0.0 < loc["chance"] < 0.5 and loc["n_words"] > 10
     assert 0.0 <= results["retrieval"]["a2i_R@5"] <= 1.0
     assert len(results["top5_images"]) == 5 and len(results["top5_captions"]) == 5
-    assert len(results["figures"]) == 4 and all(_is_png(f) for f in results["figures"])
+    assert len(results["figures"]) == 5 and all(_is_png(f) for f in results["figures"])
+    # the units section: a small ResDAVEnet-VQ {2,3} model's codes of the example caption, 20 and 40 ms per code
+    units = results["units"]
+    assert units["layers"] == [2, 3] and Path(units["checkpoint"]).is_file()
+    for k, per_code in ((2, 2), (3, 4)):
+        assert len(units["codes"][str(k)]) == math.ceil(units["frames"] / per_code)
+        assert 1 <= units["segments"][str(k)] <= len(units["codes"][str(k)])
 
 
 @pytest.mark.parametrize("name", ["model_comparison.ipynb", "grounding.ipynb"])

@@ -12,7 +12,7 @@ from torch.utils.data import DistributedSampler
 
 from lightning_modules.core.retrieval_metrics import retrieval_metrics
 from lightning_modules.core.similarity import similarity_matrix
-from lightning_modules.metrics import RetrievalRecallMetric
+from lightning_modules.metrics import RetrievalRecallMetric, first_of_each
 
 KS = (1, 5, 10)
 
@@ -164,12 +164,16 @@ def test_bad_input():
 
 
 # ---- the Metric --------------------------------------------------------------------------------------------
-def make_split(N=11, D=4, H=3, W=2, T=10, seed=0, kind="MISA"):
+def make_split(N=11, D=4, H=3, W=2, T=10, seed=0, kind="MISA", consistent=False):
+    """Model outputs of N captions; `consistent`: captions with the same image_id have the same image output,
+    as a real image net gives them."""
     g = torch.Generator().manual_seed(seed)
     image = torch.randn(N, D, H, W, generator=g)
     audio = torch.randn(N, D, T, generator=g)
     nframes = torch.randint(1, T + 1, (N,), generator=g)
     image_id = torch.randint(0, max(1, N // 2), (N,), generator=g)
+    if consistent:
+        image = image[image_id]
     if kind == "dot":
         return image.mean((2, 3)), audio.mean(-1), None, image_id
     return image, audio, nframes, image_id
@@ -210,8 +214,8 @@ def test_metric_in_shuffled_batches_equals_direct(kind, group_by_image):
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
 def test_metric_drops_duplicate_indices_and_resets():
     split = make_split()
-    metric = RetrievalRecallMetric("MISA", ks=KS, chunk_size=40)
-    expected = direct(split, "MISA", 40)
+    metric = RetrievalRecallMetric("MISA", ks=KS, chunk_size=40)  # grouped by image_id, the default
+    expected = direct(split, "MISA", 40, group_by_image=True)
     for idx in (torch.tensor([3, 0, 1, 2]), torch.tensor([4, 5, 6, 7, 8]), torch.tensor([9, 10, 0, 1])):
         metric.update(*batch_of(split, idx, extra_pad=1))
     assert_same(metric.compute(), expected)
@@ -219,7 +223,7 @@ def test_metric_drops_duplicate_indices_and_resets():
     metric.reset()
     other = make_split(seed=5)
     metric.update(*batch_of(other, torch.arange(11), extra_pad=0))
-    assert_same(metric.compute(), direct(other, "MISA", 40))
+    assert_same(metric.compute(), direct(other, "MISA", 40, group_by_image=True))
     metric.reset()
     with pytest.raises(RuntimeError, match="before any update"):
         metric.compute()
@@ -247,8 +251,8 @@ def test_metric_stores_packed_frames_and_float32():
     metric.update(image.bfloat16(), audio.bfloat16(), nframes, index, image_id)
     assert metric.audio[0].shape == (int(nframes.sum()), 4)
     assert metric.audio[0].dtype == metric.image[0].dtype == torch.float32
-    with pytest.raises(ValueError, match="needs image_id"):
-        RetrievalRecallMetric("MISA", group_by_image=True).update(image, audio, nframes, index)
+    with pytest.raises(ValueError, match="must give image_id, or none"):
+        metric.update(image, audio, nframes, index)  # the first update had image ids
     with pytest.raises(ValueError, match="nframes must be 4 counts"):
         metric.update(image, audio, nframes + 100, index)
 
@@ -257,7 +261,19 @@ def test_metric_stores_packed_frames_and_float32():
 WORLD = 2
 
 
-DDP_CASES = (("MISA", False), ("dot", True))
+# (kind, protocol): "pairs" = one image row per caption (official calc_recalls), "grouped" = unique images from
+# per-caption image outputs, "rows" = unique images from the batch's distinct images only (what the evaluation
+# step passes: image_rows).
+DDP_CASES = (("MISA", "pairs"), ("dot", "grouped"), ("SISA", "rows"))
+
+
+def _update(metric, split, idx, extra_pad, protocol):
+    image, audio, nframes, index, image_id = batch_of(split, idx, extra_pad)
+    if protocol == "rows":
+        first, rows = first_of_each(image_id)
+        metric.update(image[first], audio, nframes, index, image_id, image_rows=rows)
+    else:
+        metric.update(image, audio, nframes, index, image_id)
 
 
 def _ddp_worker(rank, init_file, out_dir):
@@ -267,11 +283,11 @@ def _ddp_worker(rank, init_file, out_dir):
         sampler = DistributedSampler(list(range(11)), num_replicas=WORLD, rank=rank, shuffle=True, seed=3)
         indices = torch.tensor(list(sampler))
         results = {}
-        for kind, group_by_image in DDP_CASES:
-            split = make_split(kind=kind)
-            metric = RetrievalRecallMetric(kind, ks=KS, chunk_size=40, group_by_image=group_by_image)
+        for kind, protocol in DDP_CASES:
+            split = make_split(kind=kind, consistent=protocol == "rows")
+            metric = RetrievalRecallMetric(kind, ks=KS, chunk_size=40, group_by_image=protocol != "pairs")
             for b, idx in enumerate(indices.split(4)):
-                metric.update(*batch_of(split, idx, extra_pad=(b + rank) % 3))
+                _update(metric, split, idx, (b + rank) % 3, protocol)
             results[kind] = {k: float(v) for k, v in metric.compute().items()}
         torch.save({"results": results, "indices": indices.tolist()}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -285,7 +301,7 @@ def test_ddp_two_ranks_equal_one_process(tmp_path):
     # The sampler really padded: 12 items over 2 ranks, one dataset index twice.
     seen = outs[0]["indices"] + outs[1]["indices"]
     assert len(seen) == 12 and sorted(set(seen)) == list(range(11))
-    for kind, group_by_image in DDP_CASES:
-        expected = direct(make_split(kind=kind), kind, 40, group_by_image)
+    for kind, protocol in DDP_CASES:
+        expected = direct(make_split(kind=kind, consistent=protocol == "rows"), kind, 40, protocol != "pairs")
         for out in outs:
             assert out["results"][kind] == expected  # exactly, on both ranks

@@ -22,11 +22,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted generation with the same arguments (complete splits are kept)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--captions-per-image", type=int, default=1,
+                        help="spoken captions of each image (--train/--val/--test count images); 1: one pair each")
     args = parser.parse_args(argv)
     try:
         result = generate(args.root, train=args.train, val=args.val, test=args.test, seed=args.seed,
                           image_size=args.image_size, workers=args.workers, overwrite=args.overwrite,
-                          progress=not args.no_progress, resume=args.resume)
+                          progress=not args.no_progress, captions_per_image=args.captions_per_image,
+                          resume=args.resume)
     except ValueError as err:
         parser.error(str(err))
     print(f"wrote {sum(result['counts'].values())} pairs to {result['root']} in {result['seconds']:.1f} s: "

@@ -1,7 +1,7 @@
 """Generate a SpokenScenes data set: images + masks, captions, espeak-ng speech with word timings, manifests.
 
     generate(root, train=..., val=..., test=..., seed=0, image_size=128, workers=None, overwrite=False,
-             progress=True) -> dict
+             progress=True, captions_per_image=1) -> dict
 
 Layout of `root` (paths in the manifests are relative to the base paths, which are relative to `root`):
 
@@ -11,6 +11,7 @@ Layout of `root` (paths in the manifests are relative to the base paths, which a
     images/<letter>/<class>/ss_<split>_<i>.jpg  image_base_path = "images"
     masks/<letter>/<class>/ss_<split>_<i>_<k>.png   mask_base_path = "masks", one mask per object (0/255)
     wavs/<split>/<i // 1000>/ss_<split>_<i>.wav audio_base_path = "wavs", 16 kHz 16-bit PCM mono
+                                                (ss_<split>_<i>_c<k>.wav with captions_per_image > 1)
 
 A manifest entry:
 
@@ -69,13 +70,18 @@ def scene_of_image(image: str) -> str:
     return image.split("/")[1]
 
 
-def _make_pair(job: tuple[str, str, int, int, int]) -> tuple[dict, int]:
-    """Generate and write pair `index` of `split`; returns its manifest entry and the bytes written."""
-    root, split, index, seed, image_size = job
+def _make_pair(job: tuple[str, str, int, int, int, int, int]) -> tuple[dict, int]:
+    """Generate and write caption `c` of image `index` of `split` (the image with caption 0); returns its
+    manifest entry and the bytes written."""
+    root, split, index, seed, image_size, c, captions_per_image = job
     root = Path(root)
     stem = f"ss_{split}_{index:06d}"
+    name = stem if captions_per_image == 1 else f"{stem}_c{c}"  # of the wav and the uttid
     image_rng, caption_rng, voice_rng = map(np.random.default_rng,
                                             np.random.SeedSequence([seed, _SPLIT_ID[split], index]).spawn(3))
+    if c > 0:  # caption 0 keeps the generators of the one-caption data set: its pairs are the same
+        caption_rng, voice_rng = map(np.random.default_rng,
+                                     np.random.SeedSequence([seed, _SPLIT_ID[split], index, c]).spawn(2))
     # Scene classes cycle with the index, so every split is balanced and any 20 consecutive pairs hold every
     # class (a small training split still covers the classes of val/test for the place warm-up).
     scene = draw_scene(image_rng, image_size, scene=SCENE_NAMES[index % len(SCENE_NAMES)])
@@ -90,25 +96,27 @@ def _make_pair(job: tuple[str, str, int, int, int]) -> tuple[dict, int]:
 
     files = []
     image = place_path(scene.name, f"{stem}.jpg")
-    files.append(root / "images" / image)
-    files[-1].parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(scene.image).save(files[-1], quality=90)
+    if c == 0:
+        files.append(root / "images" / image)
+        files[-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(scene.image).save(files[-1], quality=90)
     objects = []
     for k, (obj, word_index) in enumerate(zip(scene.objects, caption.object_index)):
         mask = place_path(scene.name, f"{stem}_{k}.png")
-        files.append(root / "masks" / mask)
-        files[-1].parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(obj.mask.astype(np.uint8) * 255).save(files[-1], optimize=True)
+        if c == 0:
+            files.append(root / "masks" / mask)
+            files[-1].parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(obj.mask.astype(np.uint8) * 255).save(files[-1], optimize=True)
         objects.append({"name": f"{obj.size} {obj.colour} {obj.shape}", "colour": obj.colour, "shape": obj.shape,
                         "size": obj.size, "rgb": list(obj.rgb), "mask": mask, "box": list(obj.box),
                         "word_index": word_index})
-    wav = f"{split}/{index // 1000:03d}/{stem}.wav"
+    wav = f"{split}/{index // 1000:03d}/{name}.wav"
     files.append(root / "wavs" / wav)
     files[-1].parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(files[-1], utterance.audio, SAMPLE_RATE, subtype="PCM_16")
 
     entry = {
-        "uttid": f"{speaker}-{stem}",
+        "uttid": f"{speaker}-{name}",
         "speaker": speaker,
         "asr_text": caption.text,
         "wav": wav,
@@ -162,7 +170,7 @@ def _split_problem(root: Path, split: str, n: int) -> str | None:
 
 
 def check_dataset(root, train: int = 0, val: int = 0, test: int = 0, seed: int = 0,
-                  image_size: int = 128) -> list[str]:
+                  image_size: int = 128, captions_per_image: int = 1) -> list[str]:
     """What keeps `root` from being a complete SpokenScenes output of these arguments (empty list: complete).
 
     Checks `info.json` (written last, so an interrupted generation has none), its arguments, each manifest's
@@ -175,15 +183,17 @@ def check_dataset(root, train: int = 0, val: int = 0, test: int = 0, seed: int =
         return [f"{root / 'info.json'} is missing{interrupted}"]
     except (OSError, ValueError) as err:
         return [f"{root / 'info.json'} is unreadable ({err})"]
-    want = {"train": train, "val": val, "test": test, "seed": seed, "image_size": image_size}
+    want = {"train": train, "val": val, "test": test, "seed": seed, "image_size": image_size,
+            "captions_per_image": captions_per_image}
     have = info.get("args", {}) if isinstance(info, dict) else {}
+    have = {"captions_per_image": 1, **have}  # absent for 1 (see _info)
     differ = [f"{k} {have.get(k)} (wanted {v})" for k, v in want.items() if have.get(k) != v]
     if differ:
         return [f"{root} holds SpokenScenes generated with other arguments: {', '.join(differ)}"]
-    return [p for p in (_split_problem(root, s, want[s]) for s in SPLITS) if p]
+    return [p for p in (_split_problem(root, s, want[s] * captions_per_image) for s in SPLITS) if p]
 
 
-def _check_args(train, val, test, seed, image_size, workers) -> None:
+def _check_args(train, val, test, seed, image_size, workers, captions_per_image=1) -> None:
     def is_int(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -198,6 +208,8 @@ def _check_args(train, val, test, seed, image_size, workers) -> None:
         raise ValueError(f"--image-size must be an integer in [32, 1024], got {image_size!r}")
     if workers is not None and (not is_int(workers) or workers < 1):
         raise ValueError(f"--workers must be >= 1, got {workers!r}")
+    if not is_int(captions_per_image) or captions_per_image < 1:
+        raise ValueError(f"--captions-per-image must be an integer >= 1, got {captions_per_image!r}")
 
 
 def _prepare_root(root: Path, overwrite: bool) -> None:
@@ -231,11 +243,14 @@ def _prepare_root(root: Path, overwrite: bool) -> None:
         raise ValueError(f"--root {root}: cannot write there ({err.strerror or err})") from None
 
 
-def _info(counts: dict, seed: int, image_size: int) -> dict:
+def _info(counts: dict, seed: int, image_size: int, captions_per_image: int = 1) -> dict:
+    args = {**counts, "seed": seed, "image_size": image_size}
+    if captions_per_image != 1:  # absent for 1: a one-caption data set stays byte-identical to earlier versions
+        args["captions_per_image"] = captions_per_image
     return {
         "generator": "spokenscenes",
         "version": VERSION,
-        "args": {**counts, "seed": seed, "image_size": image_size},
+        "args": args,
         "sample_rate": SAMPLE_RATE,
         "espeak_ng": espeak_version(),
         "scenes": list(SCENE_NAMES),
@@ -260,8 +275,12 @@ def _interrupted_with(root: Path, info: dict) -> bool:
 
 
 def generate(root, train: int = 0, val: int = 0, test: int = 0, seed: int = 0, image_size: int = 128,
-             workers: int | None = None, overwrite: bool = False, progress: bool = True, resume: bool = False) -> dict:
+             workers: int | None = None, overwrite: bool = False, progress: bool = True,
+             captions_per_image: int = 1, resume: bool = False) -> dict:
     """Write a SpokenScenes data set under `root` (see the module doc) and return what was made and how fast.
+
+    `train`, `val`, `test` count images; each gets `captions_per_image` spoken captions (other words, voice and
+    timing; caption 0 is the one a one-caption data set has), which follow each other in the manifest.
 
     `resume=True`: when `root` holds a generation of the same arguments (interrupted or not), keep its complete
     splits and regenerate the others; otherwise start over as `overwrite` does.
@@ -269,20 +288,22 @@ def generate(root, train: int = 0, val: int = 0, test: int = 0, seed: int = 0, i
     Returns {"root", "counts", "manifests" (split -> path), "kept" (splits kept from before), "seconds",
     "pairs_per_second", "megabytes" (written now), "mb_per_1000_pairs"}. Bad arguments raise ValueError with a
     message naming the argument."""
-    _check_args(train, val, test, seed, image_size, workers)
+    _check_args(train, val, test, seed, image_size, workers, captions_per_image)
     root = Path(root)
     counts = {"train": int(train), "val": int(val), "test": int(test)}
-    info = _info(counts, seed, image_size)
+    K = int(captions_per_image)
+    pairs = {split: n * K for split, n in counts.items()}
+    info = _info(counts, seed, image_size, K)
     kept = []
     if resume and root.is_dir() and _interrupted_with(root, info):
-        kept = [s for s in SPLITS if counts[s] and _split_problem(root, s, counts[s]) is None]
+        kept = [s for s in SPLITS if pairs[s] and _split_problem(root, s, pairs[s]) is None]
     else:
         _prepare_root(root, overwrite or resume)
     (root / "info.json").unlink(missing_ok=True)  # written again last, once everything is there
     _write_atomic(root / MARKER, json.dumps(info, indent=1) + "\n")
 
-    jobs = [(str(root), split, i, int(seed), int(image_size)) for split in SPLITS if split not in kept
-            for i in range(counts[split])]
+    jobs = [(str(root), split, i, int(seed), int(image_size), c, K) for split in SPLITS if split not in kept
+            for i in range(counts[split]) for c in range(K)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     start = time.perf_counter()
     bar = tqdm(total=len(jobs), desc="SpokenScenes", unit="pair", disable=not progress, smoothing=0.1)
@@ -297,9 +318,9 @@ def generate(root, train: int = 0, val: int = 0, test: int = 0, seed: int = 0, i
         bar.update()
         end = 0
         for split in pending:
-            end += counts[split]
+            end += pairs[split]
             if len(results) == end:
-                entries = [entry for entry, _ in results[end - counts[split]: end]]
+                entries = [entry for entry, _ in results[end - pairs[split]: end]]
                 total_bytes += _write_manifest(root / f"{split}.json", entries)
 
     if workers == 1:

@@ -10,6 +10,7 @@ from .common import masked_max, masked_mean, masked_pool
 from .davenet import DAVEnetAudioNet
 from .image import ResNet50Image, VGG16ConvImage, VGG16FC7Image
 from .nips2016 import NIPS2016AudioNet
+from .quantizers import TemporalJitter, VectorQuantizerEMA
 from .resdavenet import RESDAVENET_DEFAULT_WIDTHS, RESDAVENET_RELEASED_WIDTHS, ResDAVEnetAudioNet
 
 __all__ = [
@@ -21,8 +22,10 @@ __all__ = [
     "RESDAVENET_RELEASED_WIDTHS",
     "ResDAVEnetAudioNet",
     "ResNet50Image",
+    "TemporalJitter",
     "VGG16ConvImage",
     "VGG16FC7Image",
+    "VectorQuantizerEMA",
     "masked_max",
     "masked_mean",
     "masked_pool",

@@ -342,8 +342,13 @@ class PlacesAudioDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict:
         label_map = self._label_map
-        if label_map is None and self.hparams.place_labels and self.manifest_paths["train"] is not None:
-            label_map = self.label_map
+        if label_map is None and self.manifest_paths["train"] is not None:
+            try:
+                label_map = self.label_map
+            except ManifestError:
+                if self.hparams.place_labels:
+                    raise
+                label_map = None  # not the Places image layout (Flickr8k, SpokenCOCO): no scene classes to keep
         return {"label_map": label_map}
 
     def load_state_dict(self, state_dict: dict) -> None:

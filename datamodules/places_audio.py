@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .bad_samples import ON_BAD_SAMPLE, PlacesAudioDataLoader, SkipLog, SkippedSample
 from .cache import FeatureStore, build_cache, cache_status, other_manifest_store, store_dir
-from .errors import BadSampleError, ManifestWarning, SkippedSamplesWarning
+from .errors import BadSampleError, ManifestError, ManifestWarning, SkippedSamplesWarning
 from .features import N_MELS, pad_or_truncate, single_thread_worker_init, wav_log_mel, wav_num_frames
 from .images import IMAGE_TRANSFORMS, build_image_transform, denormalize, image_tensor
 from .manifest import Manifest, build_label_map, load_manifest, place_ids

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,16 +86,69 @@ class SkipLog:
         return message
 
 
+class _SkipFirst:
+    """The batches of a batch sampler after its first `skip` (their indices only: nothing is loaded)."""
+
+    def __init__(self, batches, skip: int):
+        self.batches, self.skip = batches, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.batches) - self.skip, 0)
+
+
 class PlacesAudioDataLoader(DataLoader):
     """A DataLoader that takes the skip records off each batch, reports them, and replaces all-bad batches.
 
-    Same arguments as DataLoader plus `skip_log`; Lightning can re-create it with another sampler (DDP, predict).
-    `__iter__` runs in the main process, so it sees the records of every worker.
+    Same arguments as DataLoader plus `skip_log` and `epoch`; Lightning can re-create it with another sampler
+    (DDP, predict). `__iter__` runs in the main process, so it sees the records of every worker.
+
+    It is resumable (Lightning saves `state_dict()` in every checkpoint): after a checkpoint written inside an
+    epoch (`--last_checkpoint.every_n_train_steps`), the resumed pass over that epoch skips the batches already
+    trained on (their indices, without loading them) and yields the rest, in the same order when the order depends
+    on the epoch only (the length-bucket sampler; shuffling after the CLI's `StepSeed`). `epoch` is a function returning
+    the current training epoch (the DataModule passes the trainer's), so that a checkpoint from the end of an
+    epoch does not shorten the next one.
     """
 
-    def __init__(self, *args, skip_log: SkipLog | None = None, **kwargs):
+    def __init__(self, *args, skip_log: SkipLog | None = None, epoch: Callable[[], int | None] | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.skip_log = skip_log
+        self.epoch = epoch
+        self._yielded = 0  # batches handed out in the current pass
+        self._pass_epoch: int | None = None
+        self._resume: tuple[int | None, int] | None = None  # (epoch, batches already trained) from a checkpoint
+        self._skipping = 0
+
+    @property
+    def _index_sampler(self):
+        sampler = super()._index_sampler
+        return _SkipFirst(sampler, self._skipping) if self._skipping else sampler
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._pass_epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = (state.get("epoch"), int(state.get("batches", 0)))
+
+    def _start_pass(self):
+        """The underlying iterator for this pass, with the batches of a resumed epoch left out."""
+        epoch = self.epoch() if self.epoch is not None else None
+        skip = 0
+        if self._resume is not None:
+            saved_epoch, batches = self._resume
+            self._resume = None
+            if saved_epoch == epoch and 0 < batches < len(self):
+                skip = batches
+        self._pass_epoch, self._yielded = epoch, skip
+        self._skipping = skip
+        try:
+            return super().__iter__()
+        finally:
+            self._skipping = 0
 
     def _stand_in(self, skipped: list[tuple[int, str, str]]) -> dict:
         """A batch of the next good pairs after the first index of an all-bad batch (as many as it had)."""
@@ -117,7 +171,7 @@ class PlacesAudioDataLoader(DataLoader):
         log = self.skip_log
         if log is not None:
             log.start_pass()
-        iterator = super().__iter__()
+        iterator = self._start_pass()
         try:
             for batch in iterator:
                 skipped = batch.pop("skipped", None)
@@ -125,6 +179,7 @@ class PlacesAudioDataLoader(DataLoader):
                     log.add(skipped)
                 if batch["audio"].shape[0] == 0:
                     batch = self._stand_in(skipped)
+                self._yielded += 1
                 yield batch
         except GeneratorExit:  # the consumer stopped early (Lightning knows the length): report later
             raise

@@ -20,10 +20,12 @@ at most 2^-11 of its magnitude (<= 0.04 dB over [-80, 0]).
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 
 import numpy as np
@@ -66,7 +68,45 @@ def _wav_stats(paths: list[str]) -> np.ndarray:
 
 
 def _rebuild_hint(manifest_path: str, cache_dir: str) -> str:
-    return f"rebuild it with: python -m datamodules.cache --manifest {manifest_path} --out {cache_dir}"
+    return (f"rebuild it with: python -m datamodules.cache --manifest {manifest_path} --out {cache_dir}, or decode the "
+            "wavs instead with data.feature_cache: null (--data.feature_cache null)")
+
+
+def cache_status(cache_dir: str | os.PathLike, manifest: Manifest) -> tuple[str, str]:
+    """("ok" | "missing" | "stale" | "other", why) for the store of `manifest` in `cache_dir`.
+
+    "stale": built from this manifest but unusable now (another recipe, the manifest or a wav changed, an
+    interrupted build); "other": the store of another manifest with the same file name (`<stem>`), which a build
+    for this one would replace.
+    """
+    folder = store_dir(cache_dir, manifest.path)
+    if not os.path.exists(os.path.join(folder, INDEX_FILE)):
+        return "missing", f"no feature cache for manifest {manifest.path} in {os.fspath(cache_dir)}"
+    other = other_manifest_store(cache_dir, manifest)
+    if other:
+        return "other", other
+    try:
+        FeatureStore.open(cache_dir, manifest)
+    except FeatureCacheError as err:
+        return "stale", str(err).split("; rebuild it with")[0]
+    return "ok", ""
+
+
+def other_manifest_store(cache_dir: str | os.PathLike, manifest: Manifest) -> str | None:
+    """Why the store under `manifest`'s file name belongs to another manifest (another path and content), or None.
+    Cheap: one small JSON file, and a checksum only when the paths differ."""
+    folder = store_dir(cache_dir, manifest.path)
+    try:
+        with open(os.path.join(folder, INDEX_FILE), encoding="utf-8") as f:
+            index = json.load(f)
+        built_for, sha = index.get("manifest"), index.get("manifest_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not built_for or os.path.abspath(built_for) == os.path.abspath(manifest.path):
+        return None
+    if sha == file_sha256(manifest.path):
+        return None  # the same manifest, moved: the store is still its store
+    return f"feature cache {folder} holds the features of another manifest ({built_for})"
 
 
 class FeatureStore:
@@ -93,7 +133,9 @@ class FeatureStore:
         if not os.path.exists(index_path):
             raise FeatureCacheError(
                 f"no feature cache for manifest {manifest.path} in {cache_dir} (expected {index_path}); build "
-                f"it with: python -m datamodules.cache --manifest {manifest.path} --out {cache_dir}"
+                f"it with: python -m datamodules.cache --manifest {manifest.path} --out {cache_dir} (the DataModule "
+                "builds it on demand in prepare_data), or decode the wavs instead with data.feature_cache: null "
+                "(--data.feature_cache null)"
             )
         try:
             with open(index_path, encoding="utf-8") as f:
@@ -184,6 +226,21 @@ def _as_is(item):
     return item  # keep numpy arrays (the default would turn them into tensors)
 
 
+def _remove_abandoned_builds(folder: str) -> None:
+    """Delete `<folder>.tmp-<this host>-<pid>` folders whose process is gone (a killed build)."""
+    prefix = f"{folder}.tmp-{socket.gethostname()}-"
+    for tmp in glob.glob(glob.escape(prefix) + "*"):
+        pid = tmp[len(prefix):]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # alive, owned by someone else
+            pass
+
+
 def build_cache(
     manifest_path: str | os.PathLike,
     cache_dir: str | os.PathLike,
@@ -202,7 +259,10 @@ def build_cache(
     cache_dir = os.path.abspath(os.fspath(cache_dir))
     folder = store_dir(cache_dir, manifest.path)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{folder}.tmp-{os.getpid()}"
+    # Built aside and renamed into place when complete: a build killed half-way leaves no store that looks usable,
+    # only this folder, which the next build on the same host removes.
+    _remove_abandoned_builds(folder)
+    tmp = f"{folder}.tmp-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
 

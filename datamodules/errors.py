@@ -4,6 +4,7 @@
     BadSampleError         a wav or image that cannot be used (missing, empty, corrupt, undecodable)
     FeatureCacheError      a missing, stale or mismatched feature cache
     SkippedSamplesWarning  bad samples were skipped (on_bad_sample="skip"), counted once per epoch
+    ManifestWarning        a usable manifest with something odd in it (duplicate uttids, outlier captions)
 """
 
 from __future__ import annotations
@@ -51,3 +52,7 @@ class FeatureCacheError(RuntimeError):
 
 class SkippedSamplesWarning(UserWarning):
     """Bad samples were skipped (`on_bad_sample="skip"`); the message counts them and names the first few."""
+
+
+class ManifestWarning(UserWarning):
+    """A usable manifest with something odd in it (duplicate uttids, captions far longer than the rest)."""

@@ -19,18 +19,23 @@ optional ones that corpora preparers write (`python -m datamodules.prepare`):
 Place labels come from the image path, Places-205 convention `<letter>/<class>[/<subclass>]/<file>`:
 `r/runway/gsun_x.jpg` -> `runway`, `a/apartment_building/outdoor/x.jpg` -> `apartment_building/outdoor`.
 Subclasses are kept as part of the label (Places-205 counts `apartment_building/outdoor` as its own class);
-any folders before the single-letter one (`images256/r/runway/x.jpg`) are ignored.
+any folders before the letter folder are ignored (`images256/r/runway/x.jpg`, `/mnt/d/places/r/runway/x.jpg`):
+the letter folder is the last one-letter folder followed by a class that starts with that letter.
+
+Checks beyond the format, as warnings (`ManifestWarning`): duplicate uttids (search results and tables name
+captions by uttid). `asr_text: null` (or a missing key) is an empty caption text, never the string "None".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ManifestError
+from .errors import ManifestError, ManifestWarning
 
 REQUIRED_TOP_KEYS = ("image_base_path", "audio_base_path", "data")
 REQUIRED_ITEM_KEYS = ("wav", "image")
@@ -47,9 +52,14 @@ def place_label(image_path: str) -> str:
     """Scene class of a Places image path: `r/runway/x.jpg` -> `runway`; `a/apartment_building/outdoor/x.jpg` ->
     `apartment_building/outdoor`. Raises ValueError when the path does not follow `<letter>/<class>[/...]/<file>`."""
     parts = [p for p in image_path.replace("\\", "/").split("/") if p not in ("", ".")]
-    for k in range(len(parts) - 2):
-        if len(parts[k]) == 1:
+    # The last one-letter folder whose next folder (the class) starts with that letter: a one-letter folder
+    # of the mount (`/mnt/d/...`) is not the Places letter folder.
+    letters = [k for k in range(len(parts) - 2) if len(parts[k]) == 1]
+    for k in reversed(letters):
+        if parts[k + 1][:1].lower() == parts[k].lower():
             return "/".join(parts[k + 1 : -1])
+    if letters:  # a layout whose class names do not start with their letter
+        return "/".join(parts[letters[-1] + 1 : -1])
     raise ValueError(
         f"cannot read a place label from image path {image_path!r}: expected the Places layout "
         "<letter>/<class>[/<subclass>]/<file>, e.g. r/runway/x.jpg"
@@ -218,14 +228,17 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         for key in REQUIRED_ITEM_KEYS:
             columns[key].append(item[key])
         for key in OPTIONAL_ITEM_KEYS:
-            columns[key].append(str(item.get(key, "")))
-        # Places manifests carry Google ASR output as asr_text; some others have a plain text key.
-        columns["asr_text"][-1] = str(item.get("asr_text", item.get("text", "")))
+            value = item.get(key)
+            columns[key].append("" if value is None else str(value))
+        # Places manifests carry Google ASR output as asr_text; some others have a plain text key. null is "".
+        text = item.get("asr_text") if item.get("asr_text") is not None else item.get("text")
+        columns["asr_text"][-1] = "" if text is None else str(text)
         for key, values in grouping.items():
             value = item.get(key)
             if value is not None and not isinstance(value, str):
                 raise ManifestError(f"manifest {path}: item {i}: {key!r} must be a string, got {value!r}")
             values.append(value or "")
+    _warn_duplicate_uttids(path, columns["uttid"])
 
     return Manifest(
         path=path,
@@ -239,6 +252,20 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         image_keys=_bytes_array(grouping["image_id"]) if any(grouping["image_id"]) else None,
         text_alignments=_bytes_array(grouping["text_alignment"]) if any(grouping["text_alignment"]) else None,
     )
+
+
+def _warn_duplicate_uttids(path: str, uttids: list[str]) -> None:
+    seen: dict[str, int] = {}
+    duplicates = []
+    for i, uttid in enumerate(uttids):
+        if uttid and uttid in seen:
+            duplicates.append((uttid, seen[uttid], i))
+        seen.setdefault(uttid, i)
+    if duplicates:
+        uttid, first, again = duplicates[0]
+        warnings.warn(f"manifest {path}: {len(duplicates)} duplicate uttid(s), e.g. {uttid!r} (items {first} and "
+                      f"{again}); search results and W&B tables name captions by uttid", ManifestWarning,
+                      stacklevel=3)
 
 
 def build_label_map(names) -> dict[str, int]:

@@ -25,15 +25,19 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from .bad_samples import ON_BAD_SAMPLE, PlacesAudioDataLoader, SkipLog, SkippedSample
-from .cache import FeatureStore
-from .errors import BadSampleError, ManifestError, SkippedSamplesWarning
+from .cache import FeatureStore, build_cache, cache_status, other_manifest_store, store_dir
+from .errors import BadSampleError, ManifestError, ManifestWarning, SkippedSamplesWarning
 from .features import N_MELS, pad_or_truncate, single_thread_worker_init, wav_log_mel, wav_num_frames
 from .images import IMAGE_TRANSFORMS, build_image_transform, denormalize, image_tensor
 from .manifest import Manifest, build_label_map, load_manifest, place_ids
 from .sampler import LengthBucketSampler
+
+# Captions longer than this (60 s; Places captions are up to about 20 s) are warned about once per split: with
+# padding to the longest caption, every batch that holds one is padded to its length.
+LONG_CAPTION_FRAMES = 6000
 
 
 class PlacesAudioDataset(Dataset):
@@ -88,6 +92,31 @@ class PlacesAudioDataset(Dataset):
         if place_labels and label_map is not None:
             self.set_label_map(label_map)
         self._lengths: np.ndarray | None = None
+        self._warned_long = False
+        if self.store is not None:  # lengths for free: warn about outliers now
+            self._check_long(self.store.lengths)
+
+    def _check_long(self, lengths: np.ndarray | dict[int, int]) -> None:
+        """One ManifestWarning per dataset for captions over LONG_CAPTION_FRAMES (e.g. a 10-minute recording).
+
+        `lengths`: every caption's frames, or {item: frames} of the captions seen so far."""
+        if isinstance(lengths, dict):
+            long, frames = np.array(list(lengths)), np.array(list(lengths.values()))
+        else:
+            long = np.flatnonzero(lengths > LONG_CAPTION_FRAMES)
+            frames = lengths[long]
+        if self._warned_long or not len(long) or int(frames.max()) <= LONG_CAPTION_FRAMES:
+            return
+        self._warned_long = True
+        i, n = int(long[np.argmax(frames)]), int(frames.max())
+        uttid = self.manifest.uttids[i].decode("utf-8")
+        effect = (f"it is truncated to target_length={self.target_length} frames" if self.target_length else
+                  "with target_length null every batch that holds it is padded to its length (memory, time): set "
+                  "data.target_length (e.g. 2048) or drop it from the manifest")
+        warnings.warn(
+            f"manifest {self.manifest.path}: {len(long)} caption(s) longer than {LONG_CAPTION_FRAMES / 100:.0f} s, "
+            f"the longest item {i}{f' (uttid {uttid})' if uttid else ''} {n / 100:.1f} s; {effect}",
+            ManifestWarning, stacklevel=3)
 
     def set_label_map(self, label_map: dict[str, int]) -> None:
         """Turn the place names into ids; ValueError naming the class if one is not in `label_map`."""
@@ -123,6 +152,7 @@ class PlacesAudioDataset(Dataset):
                     except BadSampleError as err:
                         if self.on_bad_sample == "error":
                             raise self._with_item(err, i) from None
+            self._check_long(lengths)
             if self.target_length is not None:
                 lengths = np.minimum(lengths, self.target_length)
             self._lengths = lengths
@@ -145,6 +175,8 @@ class PlacesAudioDataset(Dataset):
             audio, nframes = pad_or_truncate(audio, self.target_length, self.pad_value)
         else:
             nframes = audio.shape[-1]
+            if nframes > LONG_CAPTION_FRAMES and not self._warned_long:
+                self._check_long({i: nframes})
         item = {"audio": audio, "nframes": nframes, "index": i, "image_id": int(self.manifest.image_id[i])}
         if image is not None:
             item["image"] = image
@@ -320,11 +352,14 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         return {"label_map": label_map}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the place-label map of a checkpoint. Only a resumed fit with place labels compares it with the
+        train manifest's; outside fit the checkpoint's map is used and the train manifest is not read."""
         saved = state_dict.get("label_map")
         if saved is None:
             return
         saved = {str(k): int(v) for k, v in saved.items()}
-        if self.manifest_paths["train"] is not None and self.label_map != saved:
+        if self.hparams.place_labels and self._stage() == "fit" and self.manifest_paths["train"] is not None \
+                and self.label_map != saved:
             ours, theirs = set(self.label_map), set(saved)
             raise ValueError(
                 f"the place label map of the checkpoint ({len(saved)} classes) differs from the one of "
@@ -335,21 +370,61 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         self._label_map = saved
 
     # ---- setup --------------------------------------------------------------------------------------
-    def setup(self, stage: str | None = None) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+    def _stage(self) -> str | None:
+        trainer = getattr(self, "trainer", None)
+        fn = getattr(getattr(trainer, "state", None), "fn", None) if trainer is not None else None
+        return None if fn is None else str(getattr(fn, "value", fn))
+
+    def _wanted(self, stage: str | None) -> tuple[str, ...]:
+        """The splits a stage reads: fit the train and val manifests, test only the test manifest, and so on."""
         if stage is None:
-            wanted = tuple(s for s, p in self.manifest_paths.items() if p is not None)
-        else:
-            wanted = splits[stage]
-            self._require("train" if stage == "fit" else wanted[0], stage)
-        for split in wanted:
-            if self.manifest_paths[split] is not None and split not in self.datasets:
+            return tuple(s for s, p in self.manifest_paths.items() if p is not None)
+        return tuple(s for s in self.STAGE_SPLITS[stage] if self.manifest_paths[s] is not None)
+
+    def prepare_data(self) -> None:
+        """Build the missing or stale feature-cache stores of the manifests this stage reads (once per node, before
+        `setup` on every rank), with a progress bar. A store of another manifest with the same file name is left
+        alone (that split is decoded on the fly instead, see `_build_dataset`)."""
+        cache = self.hparams.feature_cache
+        if cache is None:
+            return
+        for split in self._wanted(self._stage()):
+            manifest = self.manifest(split)
+            status, why = cache_status(cache, manifest)
+            if status in ("missing", "stale"):
+                print(f"{why}: building {store_dir(cache, manifest.path)} (once; later runs read it)", flush=True)
+                build_cache(manifest.path, cache, num_workers=min(self.hparams.num_workers, os.cpu_count() or 1),
+                            on_bad_sample=self.hparams.on_bad_sample, progress=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage is not None:
+            self._require("train" if stage == "fit" else self.STAGE_SPLITS[stage][0], stage)
+        for split in self._wanted(stage):
+            if split not in self.datasets:
                 self.datasets[split] = self._build_dataset(split)
+
+    def _feature_cache_for(self, manifest: Manifest) -> str | None:
+        """The feature cache to read `manifest` from: None when there is none, or when the cache folder holds
+        another manifest's store under this manifest's file name (one warning; decoding on the fly)."""
+        cache = self.hparams.feature_cache
+        if cache is None:
+            return None
+        why = other_manifest_store(cache, manifest)
+        if why:
+            warnings.warn(f"{why}, not of {manifest.path}: decoding its wavs on the fly instead. Give it a cache "
+                          f"folder of its own (python -m datamodules.cache --manifest {manifest.path} --out DIR; "
+                          "--data.feature_cache DIR), or --data.feature_cache null to silence this",
+                          ManifestWarning, stacklevel=3)
+            return None
+        return cache
 
     def _build_dataset(self, split: str) -> PlacesAudioDataset:
         manifest = self.manifest(split)
+        cache = self._feature_cache_for(manifest)
         if self.hparams.check_files:
-            self._check_files(manifest, wavs=self.hparams.feature_cache is None, images=self.hparams.load_images)
+            self._check_files(manifest, wavs=cache is None, images=self.hparams.load_images)
         return PlacesAudioDataset(
             manifest,
             target_length=self.hparams.target_length,
@@ -357,7 +432,7 @@ class PlacesAudioDataModule(pl.LightningDataModule):
             train=split == "train",
             image_size=self.hparams.image_size,
             on_bad_sample=self.hparams.on_bad_sample,
-            feature_cache=self.hparams.feature_cache,
+            feature_cache=cache,
             pad_value=self.hparams.pad_value,
             place_labels=self.hparams.place_labels,
             load_images=self.hparams.load_images,
@@ -397,21 +472,26 @@ class PlacesAudioDataModule(pl.LightningDataModule):
         dataset = self._dataset(split)
         train = split == "train"
         sampler = None
-        generator = None
         seed = hp.seed if hp.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        if train and hp.bucket_by_length:
+        if train:
             trainer = getattr(self, "trainer", None)
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            sampler = LengthBucketSampler(dataset.lengths(), hp.batch_size, num_replicas=world, rank=rank, seed=seed)
-        elif train and hp.seed is not None:
-            generator = torch.Generator().manual_seed(hp.seed)
+            if hp.bucket_by_length:
+                sampler = LengthBucketSampler(dataset.lengths(), hp.batch_size, num_replicas=world, rank=rank,
+                                              seed=seed)
+            else:
+                # An order that depends on (seed, epoch) only, as under DDP, so that a resumed epoch is the same
+                # epoch; Lightning calls set_epoch() and leaves a DistributedSampler in place under DDP.
+                sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         return PlacesAudioDataLoader(
             dataset,
             batch_size=hp.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
-            generator=generator,
+            # Workers' base seeds come from this generator, not from torch's global one: starting a pass then
+            # draws nothing from the global stream (a resumed epoch's random crops stay those of the original).
+            generator=torch.Generator().manual_seed(seed),
             drop_last=train and hp.drop_last,
             num_workers=hp.num_workers,
             collate_fn=PlacesAudioCollate(hp.target_length, hp.pad_value),
@@ -423,7 +503,12 @@ class PlacesAudioDataModule(pl.LightningDataModule):
             # Forking 1 thread workers once per epoch costs well under a second.
             persistent_workers=False,
             skip_log=self.skip_logs[split],
+            epoch=self._current_epoch if train else None,
         )
+
+    def _current_epoch(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else trainer.current_epoch
 
     # ---- the built datasets, for callbacks that show examples (W&B tables, spoken search) --------------
     @property

@@ -9,6 +9,7 @@ once.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from pytorch_lightning.callbacks import Timer
 from torch import nn
 
 from .checkpoints import load_audio_encoder
-from .core.losses import SampledMarginRankLoss
+from .core.losses import RetrievalLoss, SampledMarginRankLoss
 from .core.similarity import SIMILARITY_KINDS
 from .metrics import RetrievalRecallMetric, first_of_each
 from .optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler
@@ -139,11 +140,20 @@ class VGSModule(pl.LightningModule):
                 self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)), on_step=True)
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
 
+    def on_train_start(self) -> None:
+        self._train_started = time.monotonic()
+
     def on_validation_epoch_end(self) -> None:
-        # Training wall time of this validation, for learning curves against time (CPU budgets, warm-up).
+        # Training wall time of this validation, for learning curves against time (CPU budgets, warm-up): the
+        # max_time Timer's (which a resumed run continues), else the minutes since this process began training.
+        if self.trainer.sanity_checking:
+            return
         timer = self._timer_any()
-        if timer is not None and not self.trainer.sanity_checking:
+        started = getattr(self, "_train_started", None)
+        if timer is not None:
             self.log("train/elapsed_min", timer.time_elapsed("train") / 60.0, sync_dist=False)
+        elif started is not None:
+            self.log("train/elapsed_min", (time.monotonic() - started) / 60.0, sync_dist=False)
 
     def _timer_any(self) -> Timer | None:
         return next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
@@ -193,7 +203,7 @@ class RetrievalModule(VGSModule):
     def __init__(
         self,
         similarity_kind: str = "MISA",
-        loss: nn.Module | None = None,
+        loss: RetrievalLoss | None = None,
         normalize_outputs: bool = False,
         recall_ks: Sequence[int] = (1, 5, 10),
         eval_chunk_size: int = 2**26,
@@ -277,7 +287,9 @@ class RetrievalModule(VGSModule):
         # values are already global and must not be averaged again (no sync_dist).
         values = {f"{prefix}/{k}": float(v) for k, v in metric.compute().items()}
         metric.reset()
-        self.log_dict(values, rank_zero_only=False, sync_dist=False)
+        shown = {k: v for k, v in values.items() if k == "val/mean_R@10"}  # the selection score, on the bar
+        self.log_dict({k: v for k, v in values.items() if k not in shown}, rank_zero_only=False, sync_dist=False)
+        self.log_dict(shown, prog_bar=True, rank_zero_only=False, sync_dist=False)
         return values
 
     def on_validation_epoch_end(self) -> None:

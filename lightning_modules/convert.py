@@ -165,7 +165,7 @@ def _infer_davenet(audio: dict, image: dict, audio_name: str, image_name: str) -
         )
     return dict(
         embedding_dim=audio_dim, audio_width_mult=1.0, image_width_mult=1.0, conv_batchnorm=False,
-        image_batch_norm=False, pretrained_image=False,
+        image_batch_norm=False, pretrained_image=False, mask_padding=False,  # the official function
     )
 
 

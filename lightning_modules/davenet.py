@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from .base import RetrievalModule
+from .core.losses import RetrievalLoss
 from .nets import DAVEnetAudioNet, VGG16ConvImage
 from .optim import OptimizerName, ScheduleName
 
@@ -31,6 +30,9 @@ class DAVEnet(RetrievalModule):
         image_width_mult: scales the VGG16 widths (CPU presets; no ImageNet weights then).
         conv_batchnorm: BatchNorm after each audio conv (not in the paper).
         image_batch_norm: VGG16 with BatchNorm (vgg16_bn layout; not in the paper).
+        mask_padding: zero each caption's padding inside the audio net, so that recall does not depend on the
+            batch size or the number of GPUs with ``target_length: null``; False is the official function
+            (converted official checkpoints). See ``nets/davenet.py``.
         pretrained_image: ImageNet weights for VGG16: True (torchvision download) or a local
             torchvision-format weights file. The official flag defaults to False (from scratch).
         similarity_kind: ``"MISA"`` (paper's best), ``"SISA"`` or ``"SIMA"``.
@@ -45,9 +47,10 @@ class DAVEnet(RetrievalModule):
         image_width_mult: float = 1.0,
         conv_batchnorm: bool = False,
         image_batch_norm: bool = False,
+        mask_padding: bool = True,
         pretrained_image: bool | str = False,
         similarity_kind: str = "MISA",
-        loss: nn.Module | None = None,
+        loss: RetrievalLoss | None = None,
         optimizer: OptimizerName = "sgd",
         lr: float = 1e-3,
         momentum: float = 0.9,
@@ -62,7 +65,7 @@ class DAVEnet(RetrievalModule):
             weight_decay=weight_decay, lr_schedule=lr_schedule, lr_step_epochs=lr_step_epochs,
             lr_decay=lr_decay, **kwargs,
         )
-        self.audio_net = DAVEnetAudioNet(embedding_dim, audio_width_mult, conv_batchnorm)
+        self.audio_net = DAVEnetAudioNet(embedding_dim, audio_width_mult, conv_batchnorm, mask_padding=mask_padding)
         self.image_net = VGG16ConvImage(
             embedding_dim, width_mult=image_width_mult, batch_norm=image_batch_norm, pretrained=pretrained_image
         )

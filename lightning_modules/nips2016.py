@@ -14,6 +14,7 @@ from typing import Any, Literal
 from torch import nn
 
 from .base import RetrievalModule
+from .core.losses import RetrievalLoss
 from .nets import NIPS2016AudioNet, VGG16FC7Image
 from .optim import OptimizerName, ScheduleName
 
@@ -50,7 +51,7 @@ class NIPS2016(RetrievalModule):
         conv_batchnorm: bool = False,
         pretrained_image: bool | str = False,
         similarity_kind: str = "dot",
-        loss: nn.Module | None = None,
+        loss: RetrievalLoss | None = None,
         optimizer: OptimizerName = "sgd",
         lr: float = 1e-5,
         momentum: float = 0.9,

@@ -75,6 +75,10 @@ class PlaceClassifier(VGSModule):
     def setup(self, stage: str) -> None:
         # The class count comes from the data: the datamodule's label map (built from the train manifest).
         # A LightningCLI link cannot do this, because every retrieval module would be handed n_places too.
+        # Outside fit a model restored from a checkpoint knows its classes; the train manifest is not read.
+        if stage != "fit" and self.model is not None:
+            super().setup(stage)
+            return
         data_places = int(getattr(self.trainer.datamodule, "n_places", 0) or 0) if self._trainer is not None else 0
         if self.model is None:
             if not data_places:
@@ -132,7 +136,9 @@ class PlaceClassifier(VGSModule):
         self.last_confusion = values.pop("confusion").cpu()
         values.pop("count")
         logged = {f"{prefix}/{k}": float(v) for k, v in values.items()}
-        self.log_dict(logged, rank_zero_only=False, sync_dist=False)
+        shown = {k: v for k, v in logged.items() if k == "val/acc_top1"}  # the selection score, on the bar
+        self.log_dict({k: v for k, v in logged.items() if k not in shown}, rank_zero_only=False, sync_dist=False)
+        self.log_dict(shown, prog_bar=True, rank_zero_only=False, sync_dist=False)
         return logged
 
     def on_validation_epoch_end(self) -> None:

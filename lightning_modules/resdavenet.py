@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from pytorch_lightning.utilities import rank_zero_info
-from torch import nn
 
 from .base import RetrievalModule
 from .checkpoints import format_seed_report, load_matching_weights
-from .core.losses import ResDAVEnetTripletLoss
+from .core.losses import ResDAVEnetTripletLoss, RetrievalLoss
 from .nets import RESDAVENET_DEFAULT_WIDTHS, RESDAVENET_RELEASED_WIDTHS, ResDAVEnetAudioNet, ResNet50Image
 from .optim import OptimizerName, ScheduleName
 
@@ -92,7 +91,7 @@ class ResDAVEnet(RetrievalModule):
         image_width_mult: float = 1.0,
         pretrained_image: bool | str = False,
         similarity_kind: str = "SISA",
-        loss: nn.Module | None = None,
+        loss: RetrievalLoss | None = None,
         optimizer: OptimizerName = "adam",
         lr: float = 2e-4,
         weight_decay: float = 5e-7,

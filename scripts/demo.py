@@ -1,17 +1,24 @@
 """`make demo`: generate SpokenScenes, train the demo DAVEnet on the CPU, test the best checkpoint, print recall.
 
     python scripts/demo.py            # what `make demo` runs
-    DEMO_MINUTES=5 make demo          # a shorter training budget
+    DEMO_MAX_MINUTES=5 make demo      # stop training after 5 minutes at the latest (the result then differs)
 
 Steps:
-1. generate SpokenScenes into data/spokenscenes (skipped when it is already there with the same sizes);
-2. precompute the log-mel feature cache (`python -m datamodules.cache`);
-3. train configs/demo.yaml for DEMO_MINUTES minutes of wall time (W&B logs offline, plus a CSV log);
+1. generate SpokenScenes into data/spokenscenes; kept when it is complete with the same sizes (manifests, file
+   counts), completed when an earlier `make demo` was interrupted;
+2. precompute the log-mel feature cache (`python -m datamodules.cache`), likewise kept or completed;
+3. train configs/demo.yaml for its fixed budget of optimiser steps (max_epochs x 250 steps of 32 pairs) with a
+   progress bar and ETA; the result does not depend on the machine's speed or load, only the time does;
 4. test the best checkpoint (by validation mean R@10) on the test split;
 5. write runs/demo/metrics.json and print the recall table.
 
-Environment: DEMO_MINUTES (default 10), DEMO_TRAIN / DEMO_VAL / DEMO_TEST (default 8000 / 500 / 500 pairs),
-DEMO_DATA (default data/spokenscenes), DEMO_RUNS (default runs/demo).
+Threads: torch runs THREADS threads with libgomp's OMP_WAIT_POLICY=PASSIVE (set before torch is imported):
+see THREADS below for the measurements behind the choice. Results are bit-identical run to run for one torch
+build, CPU type and thread count.
+
+Environment: DEMO_EPOCHS (default: the config's max_epochs), DEMO_MAX_MINUTES (optional wall-clock cap; off),
+DEMO_TRAIN / DEMO_VAL / DEMO_TEST (default 8000 / 500 / 500 pairs), DEMO_DATA (default data/spokenscenes),
+DEMO_RUNS (default runs/demo), DEMO_THREADS (default THREADS).
 """
 
 from __future__ import annotations
@@ -25,6 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+# The thread setting, measured with python -m benchmarks.demo_threads (see benchmarks/README.md): filled in below.
+THREADS = 2
+WAIT_POLICY = "PASSIVE"
+# OpenMP reads these once, when torch loads it.
+os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger  # noqa: E402
@@ -34,7 +47,7 @@ from datamodules import load_manifest  # noqa: E402
 from datamodules.cache import FeatureStore, build_cache  # noqa: E402
 from datamodules.errors import FeatureCacheError  # noqa: E402
 from datamodules.manifest import place_label  # noqa: E402
-from datamodules.spokenscenes import generate  # noqa: E402
+from datamodules.spokenscenes import check_dataset, generate  # noqa: E402
 from scripts.csvlog import validation_curve  # noqa: E402
 
 
@@ -44,16 +57,18 @@ def _env_int(name: str, default: int) -> int:
 
 
 def ensure_data(root: Path, sizes: dict[str, int]) -> None:
-    info = root / "info.json"
-    if info.exists():
-        have = json.loads(info.read_text()).get("args", {})
-        if all(have.get(k) == v for k, v in sizes.items()):
-            print(f"[demo] SpokenScenes already in {root} ({sizes})")
-            return
-    print(f"[demo] generating SpokenScenes into {root}: {sizes}")
-    report = generate(root, seed=0, image_size=128, overwrite=root.exists(), **sizes)
-    print(f"[demo] {sum(report['counts'].values())} pairs in {report['seconds']:.0f} s "
-          f"({report['pairs_per_second']:.0f} pairs/s, {report['megabytes']:.0f} MB)")
+    """SpokenScenes with these sizes in `root`: kept when complete, completed after an interrupted run, else made."""
+    problems = check_dataset(root, **sizes, seed=0, image_size=128)
+    if not problems:
+        print(f"[demo] SpokenScenes already in {root} ({sizes})")
+        return
+    print(f"[demo] generating SpokenScenes into {root}: {sizes} ({problems[0]})")
+    report = generate(root, seed=0, image_size=128, resume=root.exists(), **sizes)
+    kept = f", kept the complete {', '.join(report['kept'])} split(s)" if report["kept"] else ""
+    print(f"[demo] {sum(report['counts'].values())} pairs in {report['seconds']:.0f} s{kept}")
+    left = check_dataset(root, **sizes, seed=0, image_size=128)
+    if left:
+        raise RuntimeError(f"SpokenScenes in {root} is still incomplete after generating it: {left[0]}")
 
 
 def ensure_cache(root: Path) -> Path:
@@ -65,7 +80,7 @@ def ensure_cache(root: Path) -> Path:
             FeatureStore.open(cache, load_manifest(manifest))
         except FeatureCacheError:
             print(f"[demo] caching log-mel features of {manifest.name}")
-            build_cache(manifest, cache, num_workers=min(2, os.cpu_count() or 1))
+            build_cache(manifest, cache, num_workers=min(2, os.cpu_count() or 1), progress=True)
     return cache
 
 
@@ -93,18 +108,27 @@ def scene_share_of_top1_errors(S: torch.Tensor, indices: torch.Tensor, manifest_
     return sum(scenes[q] == scenes[r] for q, r in errors) / len(errors)
 
 
+def _load() -> str:
+    try:
+        return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
 def main() -> int:
-    minutes = float(os.environ.get("DEMO_MINUTES", "10") or 10)
     sizes = {"train": _env_int("DEMO_TRAIN", 8000), "val": _env_int("DEMO_VAL", 500),
              "test": _env_int("DEMO_TEST", 500)}
     root = Path(os.environ.get("DEMO_DATA", REPO / "data" / "spokenscenes"))
     runs = Path(os.environ.get("DEMO_RUNS", REPO / "runs" / "demo"))
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads = _env_int("DEMO_THREADS", THREADS)
+    torch.set_num_threads(threads)
+    cap = os.environ.get("DEMO_MAX_MINUTES", "").strip() or os.environ.get("DEMO_MINUTES", "").strip()
+    config_epochs = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["trainer"]["max_epochs"]
+    epochs = _env_int("DEMO_EPOCHS", config_epochs)
 
     ensure_data(root, sizes)
     cache = ensure_cache(root)
 
-    hh, mm, ss = int(minutes // 60), int(minutes % 60), int(round((minutes % 1) * 60))
     common = [
         "--config", str(REPO / "configs" / "demo.yaml"),
         f"--data.train_manifest={root / 'train.json'}",
@@ -114,15 +138,27 @@ def main() -> int:
         f"--trainer.default_root_dir={runs}",
         f"--trainer.logger={json.dumps(loggers_in(runs))}",
     ]
-    print(f"[demo] training configs/demo.yaml for {minutes:g} minutes of wall time")
+    budget = [f"--trainer.max_epochs={epochs}"]
+    if cap:
+        minutes = float(cap)
+        hh, mm, ss = int(minutes // 60), int(minutes % 60), int(round((minutes % 1) * 60))
+        budget.append(f"--trainer.max_time=00:{hh:02d}:{mm:02d}:{ss:02d}")
+    steps_per_epoch = sizes["train"] // 32  # batch 32, drop_last
+    print(f"[demo] training configs/demo.yaml for {epochs} epochs ({epochs * steps_per_epoch} steps; {threads} torch "
+          f"thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; {_load()})"
+          + (f", stopping after {cap} minutes at the latest" if cap else ""))
     start = time.time()
-    fit = cli.main(["fit", *common, f"--trainer.max_time=00:{hh:02d}:{mm:02d}:{ss:02d}"])
+    fit = cli.main(["fit", *common, *budget])
     train_minutes = (time.time() - start) / 60
+    steps = fit.trainer.global_step
+    if steps < epochs * steps_per_epoch:
+        print(f"[demo] the wall-clock cap stopped training at step {steps} of {epochs * steps_per_epoch}: the learning "
+              "rate had not decayed and the numbers differ from the README's")
     # The test run below logs into a new CSV version: take the curve from the fit's own log.
     fit_csv = next((Path(lg.log_dir) / "metrics.csv" for lg in fit.trainer.loggers if isinstance(lg, CSVLogger)), None)
     ckpt_cb = fit.trainer.checkpoint_callback
     best = ckpt_cb.best_model_path or ckpt_cb.last_model_path
-    print(f"[demo] best checkpoint {best} (val mean R@10 {float(ckpt_cb.best_model_score or 0):.3f})")
+    print(f"[demo] best checkpoint {best} (val mean R@10 {float(ckpt_cb.best_model_score or 0):.3f}); {_load()}")
 
     tested = cli.main(["test", *common, f"--ckpt_path={best}"])
     model = tested.model
@@ -130,6 +166,9 @@ def main() -> int:
     result = {k.split("/", 1)[1]: v for k, v in metrics.items()}
     result["best_checkpoint"] = str(Path(best).resolve())
     result["train_minutes"] = round(train_minutes, 2)
+    result["train_steps"] = int(steps)
+    result["threads"] = threads
+    result["torch"] = torch.__version__
     result["test_pairs"] = int(model.test_recall.last_indices.numel())
     result["top1_errors_with_right_scene"] = scene_share_of_top1_errors(
         model.test_recall.last_similarity.cpu(), model.test_recall.last_indices.cpu(), root / "test.json"

@@ -276,6 +276,7 @@ def test_davenet_checkpoint_layout_and_inferred_hparams(davenet_case):
     assert hp["_instantiator"] == "pytorch_lightning.cli.instantiate_module"
     assert hp["embedding_dim"] == EMB and hp["pretrained_image"] is False
     assert hp["similarity_kind"] == "MISA" and hp["normalize_outputs"] is False
+    assert hp["mask_padding"] is False  # the official function: the padding is not masked inside the net
     assert "pytorch-lightning_version" in ckpt
     sd = ckpt["state_dict"]
     assert sd["audio_net.conv5.weight"].shape == (EMB, 512, 1, 17)
@@ -302,7 +303,7 @@ def test_davenet_matches_official_forward_and_direct_load(davenet_case):
     torch.testing.assert_close(image_out, ref_image)
     assert audio_out.abs().max() > 0 and audio_out.shape == (2, EMB, 3)
     # Our plain nets loaded directly with the same weights agree too.
-    audio_net, image_net = DAVEnetAudioNet(EMB).eval(), VGG16ConvImage(EMB).eval()
+    audio_net, image_net = DAVEnetAudioNet(EMB, mask_padding=False).eval(), VGG16ConvImage(EMB).eval()
     audio_net.load_state_dict(_strip(davenet_case["audio"]))
     image_renames = SOURCES["davenet-pytorch"].image_renames
     image_net.load_state_dict(match_keys(image_net, _strip(davenet_case["image"]), image_renames, "image"))

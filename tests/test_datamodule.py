@@ -167,11 +167,17 @@ def test_label_map_state_dict_round_trip(make_manifest):
     assert dm.n_places == 3 and dm.state_dict() == state
     (b,) = all_batches(dm.test_dataloader())
     assert b["place"].tolist() == [2, 2, 2]
-    # a checkpoint whose map disagrees with the train manifest is refused
-    other = PlacesAudioDataModule(str(train), **SMALL)
+    # a place-label fit resuming a checkpoint whose map disagrees with the train manifest is refused
+    other = PlacesAudioDataModule(str(train), place_labels=True, **SMALL)
+    other._stage = lambda: "fit"
     with pytest.raises(ValueError, match="differs"):
         other.load_state_dict({"label_map": {"abbey": 0, "runway": 1}})
     other.load_state_dict({"label_map": None})  # nothing saved: nothing to check
+    # outside a place-label fit the checkpoint's map is used as it is (retrieval models, test, predict)
+    retrieval = PlacesAudioDataModule(str(train), **SMALL)
+    retrieval._stage = lambda: "fit"
+    retrieval.load_state_dict({"label_map": {"abbey": 0, "runway": 1}})
+    assert retrieval.n_places == 2
 
 
 # ---- images ------------------------------------------------------------------------------------------------

@@ -54,18 +54,26 @@ def test_plot_curves_refuses_a_log_without_times_and_draws_offset_runs(tmp_path)
 
 
 @pytest.mark.slow
-def test_demo_writes_metrics_and_learning_curve(tmp_path, monkeypatch):
+def test_demo_writes_metrics_and_learning_curve_and_repeats_them_exactly(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    for name, value in {"DEMO_MINUTES": "0.15", "DEMO_TRAIN": "64", "DEMO_VAL": "16", "DEMO_TEST": "16",
+    for name, value in {"DEMO_EPOCHS": "2", "DEMO_TRAIN": "64", "DEMO_VAL": "16", "DEMO_TEST": "16",
                         "DEMO_DATA": str(tmp_path / "data"), "DEMO_RUNS": str(tmp_path / "runs")}.items():
         monkeypatch.setenv(name, value)
-    assert _demo_module().main() == 0
+    demo = _demo_module()
+    assert demo.main() == 0
     metrics = json.loads((tmp_path / "runs" / "metrics.json").read_text())
-    assert metrics["test_pairs"] == 16
+    assert metrics["test_pairs"] == 16 and metrics["train_steps"] == 4  # 2 epochs of 64 // 32 steps
     assert 0.0 <= metrics["mean_R@10"] <= 1.0
     assert metrics["mean_R@10"] == pytest.approx((metrics["a2i_R@10"] + metrics["i2a_R@10"]) / 2)
     best = Path(metrics["best_checkpoint"])  # every logger and checkpoint lands in DEMO_RUNS
     assert best.is_file() and (tmp_path / "runs") in best.parents
     # the curve comes from the fit's log (not from the test run's), one point per validation, with its time
-    assert metrics["learning_curve"] and all("minutes" in p for p in metrics["learning_curve"])
-    assert metrics["train_minutes"] < 2
+    assert len(metrics["learning_curve"]) == 2 and all("minutes" in p for p in metrics["learning_curve"])
+    # The budget is in steps: a second run (the data kept) gives the same numbers to the last digit.
+    monkeypatch.setenv("DEMO_RUNS", str(tmp_path / "again"))
+    assert demo.main() == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    differ = {"best_checkpoint", "train_minutes", "learning_curve"}
+    assert {k: v for k, v in again.items() if k not in differ} == {k: v for k, v in metrics.items() if k not in differ}
+    strip = [{k: v for k, v in p.items() if k != "minutes"} for p in metrics["learning_curve"]]
+    assert [{k: v for k, v in p.items() if k != "minutes"} for p in again["learning_curve"]] == strip

@@ -208,6 +208,42 @@ def test_frame_nets_valid_prefix_matches_unpadded_input(name, layers):
     torch.testing.assert_close(padded[:, :clean], alone[:, :clean], atol=1e-5, rtol=1e-4)
 
 
+def _randomise_batchnorm(net: nn.Module) -> nn.Module:
+    """Non-trivial eval-mode BatchNorm (per-channel affine maps that turn zero padding into other values)."""
+    g = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1, generator=g)
+            m.running_var.uniform_(0.5, 2, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-1, 1, generator=g)
+    return net.eval()
+
+
+@pytest.mark.parametrize("conv_batchnorm", [False, True])
+def test_davenet_mask_padding_gives_each_caption_its_own_output_whatever_the_batch(conv_batchnorm):
+    net = _randomise_batchnorm(DAVEnetAudioNet(embedding_dim=16, width_mult=1 / 16, conv_batchnorm=conv_batchnorm))
+    nframes = torch.tensor([131, 100, 37, 14, 17, 1, 2, 33])
+    T = 160  # every caption has padding, several of a length that is not a multiple of 16
+    x = torch.randn(len(nframes), 40, T)
+    pad = torch.arange(T)[None, :] >= nframes[:, None]
+    padded = {"zeros (0 dB, the official pad value)": x.masked_fill(pad[:, None, :], 0.0),
+              "garbage": torch.where(pad[:, None, :], 50 * torch.randn_like(x), x)}
+    out_frames = net.output_frames(nframes)
+    with torch.no_grad():
+        alone = [net(x[b : b + 1, :, :n], torch.tensor([n]))[0] for b, n in enumerate(nframes.tolist())]
+        for what, batch in padded.items():
+            out = net(batch, nframes)
+            for b, n_out in enumerate(out_frames.tolist()):
+                torch.testing.assert_close(out[b, :, :n_out], alone[b], atol=1e-6, rtol=1e-5, msg=what)
+                assert not out[b, :, n_out:].any()  # the padding of the output is zero too
+        # mask_padding=False is the official function: the last valid frames do see the padding.
+        net.mask_padding = False
+        official = net(padded["zeros (0 dB, the official pad value)"], nframes)
+        assert torch.equal(official, net(padded["zeros (0 dB, the official pad value)"]))  # nframes unused
+        assert not torch.allclose(official[2, :, : out_frames[2]], alone[2], atol=1e-3)
+
+
 def test_masked_pooling_matches_loop_and_ignores_padding():
     torch.manual_seed(0)
     x = torch.randn(4, 6, 20)

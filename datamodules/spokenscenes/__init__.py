@@ -10,9 +10,9 @@ partial mentions. Speech (`speech.py`): espeak-ng through ctypes, 88 voice+varia
 """
 
 from .captions import LEXICON
-from .generate import SPLITS, VERSION, generate, scene_of_image
+from .generate import SPLITS, VERSION, check_dataset, generate, scene_of_image
 from .scenes import COLOURS, SCENE_NAMES, SHAPES, SIZES
 from .speech import SAMPLE_RATE, SPEAKERS
 
-__all__ = ["generate", "scene_of_image", "SPLITS", "VERSION", "LEXICON",
+__all__ = ["generate", "check_dataset", "scene_of_image", "SPLITS", "VERSION", "LEXICON",
            "COLOURS", "SCENE_NAMES", "SHAPES", "SIZES", "SAMPLE_RATE", "SPEAKERS"]

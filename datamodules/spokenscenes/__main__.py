@@ -19,6 +19,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier SpokenScenes output in --root")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted generation with the same arguments (complete splits are kept)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--captions-per-image", type=int, default=1,
                         help="spoken captions of each image (--train/--val/--test count images); 1: one pair each")
@@ -26,7 +28,8 @@ def main(argv=None) -> dict:
     try:
         result = generate(args.root, train=args.train, val=args.val, test=args.test, seed=args.seed,
                           image_size=args.image_size, workers=args.workers, overwrite=args.overwrite,
-                          progress=not args.no_progress, captions_per_image=args.captions_per_image)
+                          progress=not args.no_progress, captions_per_image=args.captions_per_image,
+                          resume=args.resume)
     except ValueError as err:
         parser.error(str(err))
     print(f"wrote {sum(result['counts'].values())} pairs to {result['root']} in {result['seconds']:.1f} s: "

@@ -5,7 +5,8 @@
 
 Layout of `root` (paths in the manifests are relative to the base paths, which are relative to `root`):
 
-    info.json                                   generator version, arguments, vocabularies, espeak-ng version
+    info.json                                   generator version, arguments, vocabularies, espeak-ng version;
+                                                written last: its presence means the output is complete
     {train,val,test}.json                       Places-format manifests (splits with 0 pairs are not written)
     images/<letter>/<class>/ss_<split>_<i>.jpg  image_base_path = "images"
     masks/<letter>/<class>/ss_<split>_<i>_<k>.png   mask_base_path = "masks", one mask per object (0/255)
@@ -33,6 +34,11 @@ inside its word and the word's phones without gaps or overlaps (`speech.speak`).
 
 Every pair draws from its own random generator, seeded by (seed, split, index): the output is the same whatever
 the number of workers, and the test split of a seed is the same whatever the train and val counts.
+
+Restartable: while it runs, `root` holds `.spokenscenes-incomplete.json` (the arguments); each split's manifest is
+written (atomically) once all its pairs are on disk, `info.json` last. `check_dataset` says what is missing or
+different; `generate(..., resume=True)` keeps the complete splits of an interrupted run with the same arguments
+and regenerates the rest (byte-identical, since every pair is a function of its seed).
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ from .speech import SAMPLE_RATE, SPEAKERS, espeak_version, speak
 VERSION = "1.1"  # 1.1: text_alignment and phone_alignment (images and wavs unchanged)
 SPLITS = ("train", "val", "test")
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
-_OUTPUTS = ("images", "masks", "wavs", "info.json", *(f"{s}.json" for s in SPLITS))
+MARKER = ".spokenscenes-incomplete.json"  # present while a generation runs (or was interrupted)
+_OUTPUTS = ("images", "masks", "wavs", "info.json", MARKER, *(f"{s}.json" for s in SPLITS))
 RATE_RANGE = (150, 230)  # espeak words per minute
 PITCH_RANGE = (25, 75)  # espeak base pitch, 0-100
 INTONATION_RANGE = (20, 80)  # espeak pitch range, 0-100
@@ -131,6 +138,13 @@ def _make_pair(job: tuple[str, str, int, int, int, int, int]) -> tuple[dict, int
     return entry, sum(f.stat().st_size for f in files)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through `<path>.tmp` and a rename: a reader sees all of it or nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _write_manifest(path: Path, entries: list[dict]) -> int:
     """Places-format JSON with one entry per line (valid JSON, readable diffs); returns the bytes written."""
     head = json.dumps({"image_base_path": "images", "audio_base_path": "wavs", "mask_base_path": "masks"})
@@ -138,8 +152,57 @@ def _write_manifest(path: Path, entries: list[dict]) -> int:
     lines += [json.dumps(e) + ("," if i < len(entries) - 1 else "") for i, e in enumerate(entries)]
     lines.append("]}\n")
     text = "\n".join(lines)
-    path.write_text(text)
+    _write_atomic(path, text)
     return len(text.encode())
+
+
+def _split_problem(root: Path, split: str, n: int) -> str | None:
+    """Why split `split` of `root` is not complete with `n` pairs (its manifest, and every file it names)."""
+    if n == 0:
+        return None
+    path = root / f"{split}.json"
+    try:
+        entries = json.loads(path.read_text())["data"]
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{path.name} is unreadable"
+    if len(entries) != n:
+        return f"{path.name} has {len(entries)} pairs, not {n}"
+    for e in entries:
+        files = [root / "wavs" / e["wav"], root / "images" / e["image"]]
+        files += [root / "masks" / o["mask"] for o in e.get("objects", ())]
+        for f in files:
+            if not f.is_file() or f.stat().st_size == 0:
+                return f"{split}: {f.relative_to(root)} is missing or empty"
+    return None
+
+
+def check_dataset(root, train: int = 0, val: int = 0, test: int = 0, seed: int = 0,
+                  image_size: int = 128, captions_per_image: int = 1) -> list[str]:
+    """What keeps `root` from being a complete SpokenScenes output of these arguments (empty list: complete).
+
+    Checks `info.json` (written last, so an interrupted generation has none), its arguments, each manifest's
+    pair count and that every wav, image and mask it names exists and is not empty."""
+    root = Path(root)
+    try:
+        info = json.loads((root / "info.json").read_text())
+    except FileNotFoundError:
+        interrupted = " (an earlier generation was interrupted)" if (root / MARKER).exists() else ""
+        return [f"{root / 'info.json'} is missing{interrupted}"]
+    except (OSError, ValueError) as err:
+        return [f"{root / 'info.json'} is unreadable ({err})"]
+    if isinstance(info, dict) and info.get("version") != VERSION:
+        return [f"{root} holds SpokenScenes {info.get('version')}, not {VERSION} (1.1 added the word and phone "
+                "alignments): generate it again"]
+    want = {"train": train, "val": val, "test": test, "seed": seed, "image_size": image_size,
+            "captions_per_image": captions_per_image}
+    have = info.get("args", {}) if isinstance(info, dict) else {}
+    have = {"captions_per_image": 1, **have}  # absent for 1 (see _info)
+    differ = [f"{k} {have.get(k)} (wanted {v})" for k, v in want.items() if have.get(k) != v]
+    if differ:
+        return [f"{root} holds SpokenScenes generated with other arguments: {', '.join(differ)}"]
+    return [p for p in (_split_problem(root, s, want[s] * captions_per_image) for s in SPLITS) if p]
 
 
 def _check_args(train, val, test, seed, image_size, workers, captions_per_image=1) -> None:
@@ -169,10 +232,12 @@ def _prepare_root(root: Path, overwrite: bool) -> None:
         if not overwrite:
             raise ValueError(f"--root {root}: exists and is not empty "
                              "(pass --overwrite to replace a SpokenScenes folder)")
-        try:
-            ours = json.loads((root / "info.json").read_text()).get("generator") == "spokenscenes"
-        except (OSError, ValueError, AttributeError):
-            ours = False
+        ours = False
+        for marker in ("info.json", MARKER):  # a finished or an interrupted generation
+            try:
+                ours = ours or json.loads((root / marker).read_text()).get("generator") == "spokenscenes"
+            except (OSError, ValueError, AttributeError):
+                pass
         if not ours:  # never delete a folder that we did not make
             raise ValueError(f"--root {root}: refusing to overwrite, it holds no SpokenScenes info.json")
         for name in _OUTPUTS:
@@ -210,58 +275,90 @@ def _info(counts: dict, seed: int, image_size: int, captions_per_image: int = 1)
     }
 
 
+def _interrupted_with(root: Path, info: dict) -> bool:
+    """Whether `root` holds an interrupted generation (or a finished one) of exactly these arguments and version."""
+    for marker in (MARKER, "info.json"):
+        try:
+            found = json.loads((root / marker).read_text())
+            if found.get("args") == info["args"] and found.get("version") == info["version"]:
+                return True
+        except (OSError, ValueError, AttributeError):
+            pass
+    return False
+
+
 def generate(root, train: int = 0, val: int = 0, test: int = 0, seed: int = 0, image_size: int = 128,
              workers: int | None = None, overwrite: bool = False, progress: bool = True,
-             captions_per_image: int = 1) -> dict:
+             captions_per_image: int = 1, resume: bool = False) -> dict:
     """Write a SpokenScenes data set under `root` (see the module doc) and return what was made and how fast.
 
     `train`, `val`, `test` count images; each gets `captions_per_image` spoken captions (other words, voice and
     timing; caption 0 is the one a one-caption data set has), which follow each other in the manifest.
 
-    Returns {"root", "counts", "manifests" (split -> path), "seconds", "pairs_per_second", "megabytes",
-    "mb_per_1000_pairs"}. Bad arguments raise ValueError with a message naming the argument."""
+    `resume=True`: when `root` holds a generation of the same arguments (interrupted or not), keep its complete
+    splits and regenerate the others; otherwise start over as `overwrite` does.
+
+    Returns {"root", "counts", "manifests" (split -> path), "kept" (splits kept from before), "seconds",
+    "pairs_per_second", "megabytes" (written now), "mb_per_1000_pairs"}. Bad arguments raise ValueError with a
+    message naming the argument."""
     _check_args(train, val, test, seed, image_size, workers, captions_per_image)
     root = Path(root)
-    _prepare_root(root, overwrite)
     counts = {"train": int(train), "val": int(val), "test": int(test)}
     K = int(captions_per_image)
-    (root / "info.json").write_text(json.dumps(_info(counts, seed, image_size, K), indent=1) + "\n")
+    pairs = {split: n * K for split, n in counts.items()}
+    info = _info(counts, seed, image_size, K)
+    kept = []
+    if resume and root.is_dir() and _interrupted_with(root, info):
+        kept = [s for s in SPLITS if pairs[s] and _split_problem(root, s, pairs[s]) is None]
+    else:
+        _prepare_root(root, overwrite or resume)
+    (root / "info.json").unlink(missing_ok=True)  # written again last, once everything is there
+    _write_atomic(root / MARKER, json.dumps(info, indent=1) + "\n")
 
-    jobs = [(str(root), split, i, int(seed), int(image_size), c, K)
-            for split in SPLITS for i in range(counts[split]) for c in range(K)]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    jobs = [(str(root), split, i, int(seed), int(image_size), c, K) for split in SPLITS if split not in kept
+            for i in range(counts[split]) for c in range(K)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     start = time.perf_counter()
     bar = tqdm(total=len(jobs), desc="SpokenScenes", unit="pair", disable=not progress, smoothing=0.1)
-    results = []
+    pending = [s for s in SPLITS if s not in kept and counts[s]]
+    results, total_bytes = [], 0
+
+    def collect(result: tuple[dict, int]) -> None:
+        # Each split's manifest as soon as its last pair is on disk (jobs come in split order).
+        nonlocal total_bytes
+        results.append(result)
+        total_bytes += result[1]
+        bar.update()
+        end = 0
+        for split in pending:
+            end += pairs[split]
+            if len(results) == end:
+                entries = [entry for entry, _ in results[end - pairs[split]: end]]
+                total_bytes += _write_manifest(root / f"{split}.json", entries)
+
     if workers == 1:
         for job in jobs:
-            results.append(_make_pair(job))
-            bar.update()
-    else:
+            collect(_make_pair(job))
+    elif jobs:
         # fork where there is one: workers start at once, without importing the (heavy) datamodules package
         # again; each utterance loads its own espeak anyway (speech.py)
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(workers) as pool:
             for result in pool.imap(_make_pair, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers)))):
-                results.append(result)
-                bar.update()
+                collect(result)
     bar.close()
 
-    total_bytes = sum(nbytes for _, nbytes in results)
-    manifests, done = {}, 0
-    for split in SPLITS:
-        entries = [entry for entry, _ in results[done: done + counts[split] * K]]
-        done += counts[split] * K
-        if entries:
-            manifests[split] = str(root / f"{split}.json")
-            total_bytes += _write_manifest(root / f"{split}.json", entries)
+    manifests = {split: str(root / f"{split}.json") for split in SPLITS if counts[split]}
+    _write_atomic(root / "info.json", json.dumps(info, indent=1) + "\n")  # last: the output is complete
+    (root / MARKER).unlink()
     seconds = time.perf_counter() - start
     return {
         "root": str(root),
         "counts": counts,
         "manifests": manifests,
+        "kept": kept,
         "seconds": round(seconds, 3),
-        "pairs_per_second": round(len(jobs) / seconds, 2),
+        "pairs_per_second": round(len(jobs) / seconds, 2) if jobs else 0.0,
         "megabytes": round(total_bytes / 1e6, 3),
-        "mb_per_1000_pairs": round(total_bytes / 1e6 / len(jobs) * 1000, 2),
+        "mb_per_1000_pairs": round(total_bytes / 1e6 / len(jobs) * 1000, 2) if jobs else 0.0,
     }

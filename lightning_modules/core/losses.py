@@ -217,7 +217,17 @@ def all_negatives_triplet(S: Tensor, margin: float = 1.0, image_ids=None) -> Ten
 
 
 # ---- modules ---------------------------------------------------------------------------------------------
-class SampledMarginRankLoss(nn.Module):
+class RetrievalLoss(nn.Module):
+    """Base class of the retrieval losses: ``forward(image_out, audio_out, nframes, kind) -> scalar``.
+
+    The modules' ``loss`` argument takes a ``RetrievalLoss``, so that ``--model.loss`` offers these classes (and a
+    user's own subclass) instead of every ``nn.Module`` that torch defines."""
+
+    def forward(self, image_out: Tensor, audio_out: Tensor, nframes=None, kind: str = "MISA") -> Tensor:
+        raise NotImplementedError
+
+
+class SampledMarginRankLoss(RetrievalLoss):
     """DAVEnet's sampled margin ranking loss (see ``sampled_margin_rank_loss``); impostors come from torch's
     global RNG, so ``seed_everything`` makes them reproducible."""
 
@@ -233,7 +243,7 @@ class SampledMarginRankLoss(nn.Module):
         return f"margin={self.margin}"
 
 
-class ResDAVEnetTripletLoss(nn.Module):
+class ResDAVEnetTripletLoss(RetrievalLoss):
     """ResDAVEnet's loss on S = similarity_matrix(image_out, audio_out, nframes, kind):
 
         triplet_sampled(S) + triplet_sampled(S^T) + triplet_semihard(S) + triplet_semihard(S^T)
@@ -265,7 +275,7 @@ class ResDAVEnetTripletLoss(nn.Module):
         return f"margin={self.margin}, semihard_mask={self.semihard_mask!r}"
 
 
-class InfoNCELoss(nn.Module):
+class InfoNCELoss(RetrievalLoss):
     """Symmetric InfoNCE over the in-batch similarity matrix (see ``info_nce``).
 
     Args:
@@ -295,7 +305,7 @@ class InfoNCELoss(nn.Module):
         return info_nce(similarity_matrix(image_out, audio_out, nframes, kind), self.current_scale(), image_ids)
 
 
-class AllNegativesTripletLoss(nn.Module):
+class AllNegativesTripletLoss(RetrievalLoss):
     """Hinge against all in-batch negatives in both directions (see ``all_negatives_triplet``)."""
 
     def __init__(self, margin: float = 1.0):

@@ -16,6 +16,17 @@ All convs have a bias. No pooling over time and no normalisation: the output is 
 [B, 1024, ceil(T/16)] (128 frames of 160 ms at T = 2048), compared with image maps by matchmap similarity.
 Parameters at paper size: 15,965,570, state_dict keys `batchnorm1.*`, `conv1..conv5.*` as the official class,
 so official checkpoints load directly (after stripping DataParallel's `module.` prefix).
+
+Padding. The official code pads every caption to a fixed 2048 frames (DAVEnet-pytorch `dataloaders/
+image_caption_dataset.py`, `target_length` default 2048; `run.py` passes no `audio_conf`) with 0 dB, the
+loudest bin, and the temporal convs and pools of the last valid frames read that padding: the same for every
+batch, since the length is fixed. With padding to the longest caption of each batch (the paper, and
+our `target_length: null`), how much padding follows a caption then depends on its batch-mates, so recall
+would move with the batch size and the number of GPUs. `mask_padding=True` (our default) zeroes every frame
+past a caption's valid length, at each resolution (`ceil` lengths, as `output_frames` counts them), before
+every layer that mixes time: a caption's valid output frames are then exactly those of the caption alone at
+its own length, whatever the padding. `mask_padding=False` is the official function (converted official
+checkpoints use it).
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import as_lengths, conv_out_len, scaled_width, spectrogram_4d
+from .common import as_lengths, conv_out_len, scaled_width, spectrogram_4d, zero_padding_frames
 
 
 class DAVEnetAudioNet(nn.Module):
@@ -35,9 +46,9 @@ class DAVEnetAudioNet(nn.Module):
         conv_batchnorm: BatchNorm after each conv, before the ReLU (`norm1..norm5`; off in the paper, where they
             are parameter-free identities; a small CPU model learns much faster with them).
         n_mels: frequency bins of the input (conv1 spans all of them).
-
-    As in the official code, the padding of a short caption is seen by the receptive fields of its last valid
-    output frames; `nframes` is accepted for the common interface but does not change the output.
+        mask_padding: when `nframes` is given, zero the frames past each caption's valid length before every
+            temporal conv and pool (see the module docstring), so that the output does not depend on the
+            padding. False: the official function, in which the last valid frames see the padding.
     """
 
     pooled = False
@@ -48,10 +59,12 @@ class DAVEnetAudioNet(nn.Module):
         width_mult: float = 1.0,
         conv_batchnorm: bool = False,
         n_mels: int = 40,
+        mask_padding: bool = True,
     ):
         super().__init__()
         self.embedding_dim = embedding_dim
         self.n_mels = n_mels
+        self.mask_padding = mask_padding
         c1, c2, c3, c4 = (scaled_width(c, width_mult) for c in (128, 256, 512, 512))
 
         def norm(ch: int) -> nn.Module:
@@ -71,26 +84,42 @@ class DAVEnetAudioNet(nn.Module):
         self.norm5 = norm(embedding_dim)
         self.pool = nn.MaxPool2d(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1))
 
+    def _stage_lengths(self, nframes) -> list[Tensor]:
+        """Valid frames at the input resolution and after each of the four pools (ceil(n / 2) each)."""
+        lengths = [as_lengths(nframes).clamp(min=1)]
+        for _ in range(4):
+            lengths.append(conv_out_len(lengths[-1], kernel=3, stride=2, padding=1))
+        return lengths
+
     def output_frames(self, nframes) -> Tensor:
         """Valid output frames: each pool gives ceil(n/2), so ceil(nframes / 16), at least 1.
 
         The official code crops to `nframes // 16` instead, one frame fewer when nframes is not a multiple of 16
         (its last, partly padded frame is dropped); ours keeps the frame that still covers real speech.
         """
-        n = as_lengths(nframes).clamp(min=1)
-        for _ in range(4):
-            n = conv_out_len(n, kernel=3, stride=2, padding=1)
-        return n
+        return self._stage_lengths(nframes)[-1]
 
     def frames(self, audio: Tensor, nframes: Tensor | None = None) -> Tensor:
-        """The frame map [B, embedding_dim, ceil(T/16)] (`nframes` is unused; see the class docstring)."""
+        """The frame map [B, embedding_dim, ceil(T/16)]; with `mask_padding` and `nframes`, independent of the
+        padding (and zero past each caption's `output_frames`)."""
         x = spectrogram_4d(audio, self.n_mels, type(self).__name__)
+        n = [None] * 5
+        if self.mask_padding and nframes is not None:
+            n = [length.clamp(max=x.size(-1)) for length in self._stage_lengths(as_lengths(nframes, x.device))]
+        # BatchNorm (per channel in eval), biases and ReLU turn zeros into other values, so the padding is zeroed
+        # again after each conv block, before the pool; and after each pool, whose last window may reach back
+        # into the caption. After ReLU every value is >= 0, so a zero never wins a max-pool window over a real
+        # frame: zero padding there equals the pool's own -inf padding of a caption alone.
         x = self.batchnorm1(x)
-        x = F.relu(self.norm1(self.conv1(x)))
-        x = self.pool(F.relu(self.norm2(self.conv2(x))))
-        x = self.pool(F.relu(self.norm3(self.conv3(x))))
-        x = self.pool(F.relu(self.norm4(self.conv4(x))))
-        x = self.pool(F.relu(self.norm5(self.conv5(x))))
+        x = zero_padding_frames(F.relu(self.norm1(self.conv1(x))), n[0])
+        x = zero_padding_frames(F.relu(self.norm2(self.conv2(x))), n[0])
+        x = zero_padding_frames(self.pool(x), n[1])
+        x = zero_padding_frames(F.relu(self.norm3(self.conv3(x))), n[1])
+        x = zero_padding_frames(self.pool(x), n[2])
+        x = zero_padding_frames(F.relu(self.norm4(self.conv4(x))), n[2])
+        x = zero_padding_frames(self.pool(x), n[3])
+        x = zero_padding_frames(F.relu(self.norm5(self.conv5(x))), n[3])
+        x = zero_padding_frames(self.pool(x), n[4])
         return x.squeeze(2)
 
     def forward(self, audio: Tensor, nframes: Tensor | None = None) -> Tensor:

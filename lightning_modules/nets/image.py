@@ -93,7 +93,9 @@ def read_torchvision_state_dict(pretrained: bool | str | os.PathLike, arch: str)
             raise RuntimeError(
                 f"could not get torchvision's ImageNet weights for {arch} from {weights.url} ({err}). "
                 f"Download {filename} on a machine with internet access and pass its path instead: "
-                f"pretrained='/path/to/{filename}' (or put it in torch's hub cache, {torch.hub.get_dir()}/checkpoints)."
+                f"--model.pretrained_image /path/to/{filename} on the command line, pretrained='/path/to/{filename}' "
+                f"in Python (or put it in torch's hub cache, {torch.hub.get_dir()}/checkpoints); "
+                "--model.pretrained_image false trains the image net from scratch."
             ) from err
     path = os.fspath(pretrained)
     return read_state_dict(path, "pretrained weights file"), path

@@ -31,7 +31,14 @@ from lightning_modules.core.units.boundaries import (
     reference_boundaries,
     token_scores,
 )
-from lightning_modules.core.units.features import assign, frame_times, kmeans, layer_names, layer_outputs
+from lightning_modules.core.units.features import (
+    assign,
+    frame_times,
+    kmeans,
+    layer_names,
+    layer_outputs,
+    position_spf,
+)
 from lightning_modules.core.units.keywords import concept_scores, equal_error_rate, keyword_spotting, precision_at_k
 from lightning_modules.core.units.word_detection import STOP_WORDS, frame_grid, word_code_tables, word_detection
 from lightning_modules.nets import DAVEnetAudioNet, ResDAVEnetAudioNet
@@ -514,14 +521,26 @@ def test_layer_outputs_of_both_nets():
     out = layer_outputs(net, audio, nframes)
     assert list(out) == layer_names(net) == ["input", "conv1", "conv2", "conv3", "conv4", "conv5"]
     assert [out[k].frames.shape[-1] for k in out] == [100, 100, 50, 25, 13, 7]
-    assert [round(out[k].spf, 3) for k in out] == [0.01, 0.01, 0.02, 0.04, 0.08, 0.14]
-    assert torch.equal(out["input"].frames, audio) and torch.equal(out["conv5"].frames, net(audio))
+    # each layer's stride, not round(T / T_k) (100 / 7 frames would give 0.14 s at conv5)
+    assert [round(out[k].spf, 3) for k in out] == [0.01, 0.01, 0.02, 0.04, 0.08, 0.16]
+    assert torch.equal(out["input"].frames, audio) and torch.equal(out["conv5"].frames, net(audio, nframes))
     assert out["conv5"].valid.tolist() == net.output_frames(nframes).tolist() == [7, 3]
     assert (out["conv1"].frames >= 0).all()
     res = ResDAVEnetAudioNet(layer_widths=[4, 4, 4, 8], layer_depths=[1, 1, 1]).eval()
     out = layer_outputs(res, audio, nframes, ["conv1", "layer3"])
     assert list(out) == ["conv1", "layer3"] and out["layer3"].frames.shape == (2, 8, 13)
-    assert torch.equal(out["layer3"].frames, res(audio)) and out["layer3"].valid.tolist() == [13, 5]
+    assert out["layer3"].valid.tolist() == [13, 5]
+    for b, v in enumerate(out["layer3"].valid.tolist()):  # the hooked stage output is the net's on valid frames
+        assert torch.equal(out["layer3"].frames[b, :, :v], res(audio, nframes)[b, :, :v])
+    # every stage at its stride, valid frames as the net counts them, for captions of any length
+    res = ResDAVEnetAudioNet(layer_widths=[4, 4, 4, 4, 8], vq_layers=[3], codebook_size=8).eval()
+    for T in (200, 211, 37):
+        lengths = torch.tensor([T, T // 2 + 1])
+        out = layer_outputs(res, torch.randn(2, 40, T), lengths)
+        assert [out[k].spf for k in out] == [0.01, 0.01, 0.02, 0.04, 0.08, 0.16]
+        for k in range(1, 5):
+            assert out[f"layer{k}"].valid.tolist() == res.position_frames(lengths, k + 1).tolist()
+    assert position_spf(3) == out["layer2"].spf == 0.04
     with pytest.raises(ValueError, match="unknown layers"):
         layer_outputs(res, audio, nframes, ["conv5"])
 

@@ -33,6 +33,7 @@ from .common import (
     all_layers,
     audio_loader,
     caption_frames,
+    code_position,
     kmeans_codes,
     load_model,
     pick_layer,
@@ -49,12 +50,11 @@ KEYS = ("precision", "recall", "f1", "over_segmentation", "r_value")
 
 def model_boundaries(args, model) -> tuple[list[np.ndarray], str]:
     loader = audio_loader(args.manifest, args.batch_size, args.num_workers, args.limit)
-    positions = vq_positions(model.audio_net)
     progress = not args.no_progress
-    if args.method == "codes" and positions and args.kmeans is None and (args.layer is None or args.layer.isdigit()):
-        k = int(args.layer) if args.layer is not None else positions[-1]
-        if k not in positions:
-            raise ValueError(f"--layer {k}: the model quantises at VQ positions {list(positions)}")
+    k = None
+    if args.method == "codes" and args.kmeans is None:
+        k = code_position(args.layer, vq_positions(model.audio_net))
+    if k is not None:
         out = caption_frames(model, loader, vq=[k], progress=progress)
         return [code_boundaries(c.numpy(), out["spf"][k]) for c in out["codes"][k]], f"VQ code changes, position {k}"
     layer = pick_layer(model, args.layer, "conv3" if "conv3" in all_layers(model) else "layer2")
@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", default=None, help="JSON {uttid: [boundary seconds, ...]} instead of --ckpt")
     parser.add_argument("--method", choices=("codes", "peaks"), default="codes",
                         help="from --ckpt: code changes (VQ or k-means units) or self-similarity peaks")
-    parser.add_argument("--layer", default=None, help="VQ position or layer name/number (default: the last VQ "
-                                                      "position; conv3 / layer2)")
+    parser.add_argument("--layer", default=None, help="VQ position k or vq<k>, or a layer name/number (default: "
+                                                      "the last VQ position; conv3 / layer2)")
     parser.add_argument("--kmeans", type=int, default=None, help="k-means units with K clusters (nets without VQ)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="seconds (VG-HuBERT: 0.02)")
     parser.add_argument("--seed", type=int, default=0)

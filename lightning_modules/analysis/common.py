@@ -23,7 +23,15 @@ from datamodules.manifest import read_manifest_json, resolve_path
 from datamodules.places_audio import PlacesAudioCollate
 
 from ..checkpoints import load_retrieval_checkpoint
-from ..core.units.features import assign, frame_times, kmeans, layer_names, layer_outputs, resolve_layer
+from ..core.units.features import (
+    assign,
+    frame_times,
+    kmeans,
+    layer_names,
+    layer_outputs,
+    position_spf,
+    resolve_layer,
+)
 from ..core.units.word_detection import frame_grid
 
 Segment = tuple[float, float, str]
@@ -88,7 +96,9 @@ def caption_frames(model: torch.nn.Module, loader: DataLoader, layers: Sequence[
     """One pass of the audio net: every caption's frames at ``layers`` and codes at VQ positions ``vq``.
 
     Returns ``{"index": [N] positions in the manifest, "frames": {layer: [N] x [T_k, C] float32}, "codes": {k: [N]
-    x [T_k] int64}, "spf": {layer or k: seconds per frame}}``; frames beyond a caption's valid length are dropped."""
+    x [T_k] int64}, "spf": {layer or k: seconds per frame}}``; frames beyond a caption's valid length are dropped.
+    Frame f of a layer or code sequence sits at ``(f + 0.5) * spf`` (`core.units.features`' time convention, the
+    one of ``predict``'s units dump)."""
     audio_net = model.audio_net
     device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
@@ -106,11 +116,27 @@ def caption_frames(model: torch.nn.Module, loader: DataLoader, layers: Sequence[
                     out["frames"][name] += [frames[b, : int(n)] for b, n in enumerate(lf.valid.tolist())]
             for k in vq:
                 codes, valid = audio_net.encode_units(audio, nframes.to(device), layer=k)
-                out["spf"][k] = 0.01 * 2 ** (k - 1)  # as predict's units dump places them
+                out["spf"][k] = position_spf(k)
                 out["codes"][k] += [codes[b, : int(n)].cpu() for b, n in enumerate(valid.tolist())]
     finally:
         model.train(was_training)
     return out
+
+
+def code_position(layer: str | None, positions: Sequence[int]) -> int | None:
+    """The VQ position that ``--layer`` names for units (None: the last one; ``k`` or ``vq<k>``), or None when the
+    net has no VQ layers or ``layer`` names a layer. A position the net does not quantise at is an error."""
+    if not positions:
+        return None
+    name = None if layer is None else str(layer)
+    if name is not None and name.startswith("vq") and name[2:].isdigit():
+        name = name[2:]
+    if name is not None and not name.isdigit():
+        return None
+    k = int(name) if name is not None else positions[-1]
+    if k not in positions:
+        raise ValueError(f"--layer {layer}: the model quantises at VQ positions {list(positions)}")
+    return k
 
 
 def kmeans_codes(frames: Sequence[torch.Tensor], k: int, seed: int = 0) -> tuple[list[torch.Tensor], int]:
@@ -212,5 +238,5 @@ class Timer:
 
 
 __all__ = ["read_manifest_entries", "uttid", "alignments", "load_model", "audio_loader", "vq_positions",
-           "caption_frames", "kmeans_codes", "pick_layer", "all_layers", "read_units", "read_boundaries",
-           "add_common_arguments", "table", "write_report", "Timer", "frame_times"]
+           "caption_frames", "code_position", "kmeans_codes", "pick_layer", "all_layers", "read_units",
+           "read_boundaries", "add_common_arguments", "table", "write_report", "Timer", "frame_times"]

@@ -26,6 +26,7 @@ from .common import (
     all_layers,
     audio_loader,
     caption_frames,
+    code_position,
     kmeans_codes,
     load_model,
     pick_layer,
@@ -41,11 +42,8 @@ from .common import (
 def model_units(args, model) -> tuple[list, float, str]:
     """(codes per caption, spf, description) from a checkpoint: its VQ codes at --layer, else k-means codes."""
     loader = audio_loader(args.manifest, args.batch_size, args.num_workers, args.limit)
-    positions = vq_positions(model.audio_net)
-    if positions and (args.layer is None or str(args.layer).isdigit()) and args.kmeans is None:
-        k = int(args.layer) if args.layer is not None else positions[-1]
-        if k not in positions:
-            raise ValueError(f"--layer {k}: the model quantises at VQ positions {list(positions)}")
+    k = None if args.kmeans is not None else code_position(args.layer, vq_positions(model.audio_net))
+    if k is not None:
         out = caption_frames(model, loader, vq=[k], progress=not args.no_progress)
         return out["codes"][k], out["spf"][k], f"VQ codes of position {k}"
     layer = pick_layer(model, args.layer, "conv4" if "conv4" in all_layers(model) else "layer2")
@@ -58,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, ckpt_required=False)
     parser.add_argument("--units", default=None, help="units dump JSON {uttid: {codes, times}} instead of --ckpt")
     parser.add_argument("--layer", default=None,
-                        help="VQ position (ResDAVEnet-VQ) or layer name/number for k-means (default: the last VQ "
-                             "position; conv4 / layer2 for nets without VQ)")
+                        help="VQ position k or vq<k> (ResDAVEnet-VQ) or layer name/number for k-means (default: the "
+                             "last VQ position; conv4 / layer2 for nets without VQ)")
     parser.add_argument("--kmeans", type=int, default=None, help="k-means units with K clusters (default 256 when "
                                                                  "the net has no VQ layers)")
     parser.add_argument("--halfwidth", type=float, default=CODE_HALFWIDTH, help="code half-width in seconds")

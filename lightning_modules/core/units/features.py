@@ -1,16 +1,27 @@
 """Frame features of every layer of an audio net, at each layer's own frame rate, and k-means codes of them.
 
     layer_names(audio_net) -> ["input", "conv1", ..., "conv5"]        (DAVEnet; ResDAVEnet: conv1, layer1..layer4)
+    layer_strides(audio_net) -> {name: input frames per frame}         1, 1, 2, 4, 8, 16
     layer_outputs(audio_net, audio, nframes, layers) -> {name: LayerFrames(frames [B, C, T_k], valid [B], spf)}
+    position_spf(k) -> seconds per frame of ResDAVEnet-VQ position k   0.01 * 2**(k - 1)
     frame_times(n, spf) -> centres [n]                                 (f + 0.5) * spf, as ResDAVEnet-VQ's analysis
     kmeans(x, k) -> centroids;  assign(x, centroids) -> codes          discrete units for nets without VQ layers
 
 Layers are read with forward hooks, so the nets stay as the papers wrote them: DAVEnet's conv1 is the ReLU of its
 first convolution (norm1 output), conv2..conv5 the outputs of the four max-pools (after each conv, ReLU, pool);
 ResDAVEnet's conv1 is the ReLU of the stem (bn1 output), layer1..layerN the residual stages (their last blocks),
-before any VQ layer that follows them. ``input`` is the
-log-mel itself. A layer of T_k frames from T input frames has ``spf = 0.01 * round(T / T_k)`` seconds per frame
-(ResDAVEnet-VQ `get_feats_codes`) and ``ceil(nframes * T_k / T)`` valid frames (every stride halves with ceil).
+before any VQ layer that follows them (a VQ position's codes are `encode_units`'). ``input`` is the log-mel itself.
+
+Frame rates. Every max-pool of DAVEnet and every stage of ResDAVEnet halves the frame rate with ceil, so a layer
+of stride s (input frames per frame) has ``spf = 0.01 * s`` seconds per frame and ``ceil(nframes / s)`` valid
+frames. The official `get_feats_codes` computes ``0.01 * round(T / T_k)`` instead, which is the stride on its
+fixed 2048-frame inputs but not on captions at their own length (T = 200 at stride 16: 13 frames, 0.15 s).
+
+Time convention (one for every layer, the codes, ``predict``'s units dump and the analyses): frame f of a layer
+covers ``[f, f + 1) * spf`` seconds and sits at its centre ``(f + 0.5) * spf`` (ResDAVEnet-VQ
+`steps/alignment.py::DenseAlignment.get_center`, offset 0). The log-mel's STFT is centred (frame j at j * 10 ms),
+so this places every frame half a hop (5 ms) later than the centre of the input frames it pools; it is kept to
+give the official numbers.
 """
 
 from __future__ import annotations
@@ -34,14 +45,24 @@ class LayerFrames:
     spf: float  # seconds per frame
 
 
-def layer_names(audio_net: nn.Module) -> list[str]:
-    """The layers `layer_outputs` can read from this net, from the input up."""
-    if isinstance(audio_net, DAVEnetAudioNet):
-        return ["input"] + [f"conv{k}" for k in range(1, 6)]
-    if isinstance(audio_net, ResDAVEnetAudioNet):
-        return ["input", "conv1"] + [f"layer{k}" for k in range(1, audio_net.num_stages + 1)]
+def layer_strides(audio_net: nn.Module) -> dict[str, int]:
+    """Input frames per frame of every layer `layer_outputs` can read from this net, from the input up."""
+    if isinstance(audio_net, DAVEnetAudioNet):  # conv2..conv5: after each max-pool of stride 2
+        return {"input": 1, "conv1": 1, "conv2": 2, "conv3": 4, "conv4": 8, "conv5": 16}
+    if isinstance(audio_net, ResDAVEnetAudioNet):  # every stage starts with a stride-2 block
+        return {"input": 1, "conv1": 1, **{f"layer{k}": 2**k for k in range(1, audio_net.num_stages + 1)}}
     raise ValueError(f"layer features: {type(audio_net).__name__} is not a frame-level net with known layers "
                      "(DAVEnetAudioNet, ResDAVEnetAudioNet)")
+
+
+def layer_names(audio_net: nn.Module) -> list[str]:
+    """The layers `layer_outputs` can read from this net, from the input up."""
+    return list(layer_strides(audio_net))
+
+
+def position_spf(position: int, frame_shift: float = INPUT_SPF) -> float:
+    """Seconds per code at ResDAVEnet-VQ position ``position`` (1: the input rate, k + 1: after stage k)."""
+    return frame_shift * 2 ** (position - 1)
 
 
 def resolve_layer(audio_net: nn.Module, layer: str | int) -> str:
@@ -68,7 +89,8 @@ def resolve_layer(audio_net: nn.Module, layer: str | int) -> str:
 def layer_outputs(audio_net: nn.Module, audio: Tensor, nframes: Tensor | None = None,
                   layers: Sequence[str] | None = None) -> dict[str, LayerFrames]:
     """The frames of ``layers`` (default: all of `layer_names`) for a batch ``audio`` [B, 40, T]."""
-    names = layer_names(audio_net)
+    strides = layer_strides(audio_net)
+    names = list(strides)
     wanted = list(names if layers is None else layers)
     unknown = [n for n in wanted if n not in names]
     if unknown:
@@ -103,15 +125,18 @@ def layer_outputs(audio_net: nn.Module, audio: Tensor, nframes: Tensor | None = 
     for name in wanted:
         x = caught[name]
         x = x.squeeze(2) if x.dim() == 4 else x  # [B, C, 1, T_k] -> [B, C, T_k]
-        t_k = x.size(-1)
-        ratio = max(1, round(T / t_k))
-        valid = torch.clamp(torch.ceil(nframes.double() * t_k / T).long(), 1, t_k)
-        out[name] = LayerFrames(x, valid, INPUT_SPF * ratio)
+        t_k, stride = x.size(-1), strides[name]
+        if t_k != -(-T // stride):
+            raise ValueError(f"layer features: {name} of {type(audio_net).__name__} has {t_k} frames for {T} input "
+                             f"frames, not ceil({T} / {stride})")
+        valid = torch.clamp(-(-nframes // stride), 1, t_k)
+        out[name] = LayerFrames(x, valid, INPUT_SPF * stride)
     return out
 
 
 def frame_times(n: int, spf: float, offset: float = 0.0) -> Tensor:
-    """Centres [n] of frames 0..n-1 on a grid of ``spf`` seconds: ``offset + (f + 0.5) * spf``."""
+    """Centres [n] of frames 0..n-1 on a grid of ``spf`` seconds: ``offset + (f + 0.5) * spf`` (the module's time
+    convention)."""
     return offset + (torch.arange(n, dtype=torch.float64) + 0.5) * spf
 
 

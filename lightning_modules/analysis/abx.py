@@ -9,7 +9,7 @@ whose context has two or more centre phones can be in a triplet; of those, at mo
 contexts, 5,572 after the cap). They can be saved as a ZeroSpeech ``.item`` file (``--item-file``).
 
 Every ``--layer`` (default: the input log-mel and every stage of the net, plus ``vq<k>``, the one-hot codes of each
-VQ position) is scored at its own frame rate by
+VQ position, over the codes in use) is scored at its own frame rate by
 ``lightning_modules.core.units.abx.abx_error_rates`` (DTW over angular distances, within- and across-speaker error
 rates averaged as ZeroSpeech does); chance is 50%.
 """
@@ -37,6 +37,14 @@ from .common import (
     vq_positions,
     write_report,
 )
+
+
+def one_hot_codes(codes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One-hot frames [T, U] of code sequences, over the U codes used: the angular distance of two one-hot frames
+    is 0 or 1/2 whatever the width, so this scores as one-hot over the whole codebook at a fraction of the cost."""
+    used, index = torch.unique(torch.cat(codes).long(), return_inverse=True)
+    onehot = torch.nn.functional.one_hot(index, max(len(used), 1)).float()
+    return list(onehot.split([len(c) for c in codes]))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,8 +101,7 @@ def run(args: argparse.Namespace) -> dict:
     for name in layers + [f"vq{k}" for k in vq]:
         if name.startswith("vq") and name[2:].isdigit():
             k = int(name[2:])
-            size = int(model.audio_net.codebook(k).shape[0])
-            seqs = [torch.nn.functional.one_hot(c.long(), size).float() for c in out["codes"][k]]
+            seqs = one_hot_codes(out["codes"][k])
             spf = out["spf"][k]
         else:
             seqs, spf = out["frames"][name], out["spf"][name]

@@ -233,8 +233,10 @@ def dtw_distances(seqs: Sequence[Tensor], pairs: Tensor, distance: str = "angula
                   batch_cells: int = 4_000_000, progress: Callable | None = None) -> Tensor:
     """DTW distance [P] of every ordered pair ``(a, b)`` of ``pairs`` [P, 2] (indices into ``seqs``, each [n, D]).
 
-    Pairs are sorted by length and run in batches of at most ``batch_cells`` cost-matrix cells; ``progress`` (e.g.
-    a tqdm bar's ``update``) is called with the number of pairs done after each batch."""
+    Pairs are sorted by length and run in batches of at most ``batch_cells`` cost-matrix cells and at most
+    ``4 * batch_cells`` padded feature values per side (wide features, e.g. one-hot codes of a 1024-code VQ layer,
+    would otherwise take gigabytes); ``progress`` (e.g. a tqdm bar's ``update``) is called with the number of pairs
+    done after each batch."""
     pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     if (lengths == 0).any():
@@ -244,13 +246,15 @@ def dtw_distances(seqs: Sequence[Tensor], pairs: Tensor, distance: str = "angula
         return out
     la, lb = lengths[pairs[:, 0]], lengths[pairs[:, 1]]
     order = torch.argsort(torch.maximum(la, lb) * (lengths.max() + 1) + torch.minimum(la, lb))
+    width = max(int(seqs[0].shape[-1]) if seqs[0].dim() > 1 else 1, 1)
     start = 0
     while start < len(order):
         top = int(torch.maximum(la[order[start]], lb[order[start]]))
-        size = max(1, batch_cells // max(top * top, 1))
+        size = max(1, min(batch_cells // max(top * top, 1), 4 * batch_cells // (top * width)))
         idx = order[start: start + size]
         ma, mb = int(la[idx].max()), int(lb[idx].max())
-        while len(idx) > 1 and len(idx) * ma * mb > batch_cells:  # longer pairs further on: shrink the batch
+        while len(idx) > 1 and (len(idx) * ma * mb > batch_cells or len(idx) * max(ma, mb) * width > 4 * batch_cells):
+            # longer pairs further on: shrink the batch
             idx = idx[: max(1, len(idx) // 2)]
             ma, mb = int(la[idx].max()), int(lb[idx].max())
         a = torch.nn.utils.rnn.pad_sequence([seqs[int(p)] for p in pairs[idx, 0]], batch_first=True)

@@ -6,6 +6,7 @@ write the report keys the docs promise, bad inputs are named."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,16 +111,19 @@ def test_checkpoint_runs_of_words_boundaries_and_abx(test_split, tiny_ckpt, tmp_
         assert 0 <= bounds["precision"] <= 1 and bounds["n_predicted"] > 0 and "conv2" in bounds["source"]
     item_file = tmp_path / "test.item"
     abx = analysis_main(["abx", "--ckpt", str(tiny_ckpt), "--manifest", str(manifest), "--layer", "input",
-                         "--layer", "5", "--max-items", "150", "--item-file", str(item_file),
+                         "--layer", "5", "--item-file", str(item_file),
                          "--out", str(tmp_path / "abx.json"), "--no-progress"])
     out = capsys.readouterr().out
     assert "within %" in out and "chance: 50%" in out
-    assert list(abx["layers"]) == ["input", "conv5"] and abx["n_items"] == 150
+    assert list(abx["layers"]) == ["input", "conv5"] and 20 < abx["n_items"] < abx["n_items_all"]
     for layer in abx["layers"].values():
         assert 0 <= layer["abx_across"] <= 1 and layer["n_across_triplets"] > 0
     assert abx["layers"]["conv5"]["seconds_per_frame"] == pytest.approx(0.16)
     assert item_file.read_text().startswith("#file onset offset #phone prev-phone next-phone speaker\n")
-    assert len(item_file.read_text().splitlines()) == 151
+    assert len(item_file.read_text().splitlines()) == abx["n_items"] + 1
+    few = analysis_main(["abx", "--ckpt", str(tiny_ckpt), "--manifest", str(manifest), "--layer", "input",
+                         "--max-items", "12", "--item-file", str(item_file), "--no-progress"])
+    assert few["n_items"] == 12 and len(item_file.read_text().splitlines()) == 13
     saved = json.loads((tmp_path / "abx.json").read_text())
     assert saved["abx_within_chance"] == 0.5 and set(saved["layers"]["input"]) >= {"abx_within", "abx_across"}
     with pytest.raises(SystemExit, match="VQ positions"):
@@ -148,3 +152,105 @@ def test_manifests_without_alignments_are_named(tmp_path, make_manifest, tiny_ck
     manifest = make_manifest(n=3, name="old")
     with pytest.raises(ValueError, match="item 0 .* has no 'text_alignment'.*regenerate"):
         analysis_main(["boundaries", "--predictions", str(tmp_path / "x.json"), "--manifest", str(manifest)])
+
+
+# ---- a ResDAVEnet-VQ checkpoint: the commands read its VQ codes ------------------------------------------------------
+VQ_TINY = ["--model.layer_widths=[8,8,16,16,16]", "--model.image_arch=resnet18", "--model.image_width_mult=0.125",
+           "--model.codebook_size=16"]
+
+
+@pytest.fixture(scope="module")
+def vq_ckpt(tmp_path_factory, test_split):
+    """A tiny ResDAVEnet-VQ {3} (configs/resdavenet_vq.yaml at the CLI tests' tiny widths, 16 codes) saved as
+    LightningCLI saves checkpoints, and each test caption's codes by `encode_units` (the caption alone). The codebook
+    is 16 layer-2 frames of the captions, so that the codes vary as a trained model's do."""
+    import pytorch_lightning as pl
+
+    from datamodules import PlacesAudioDataset
+    from lightning_modules.core.units.features import layer_outputs
+    from lightning_modules.resdavenet import ResDAVEnetVQ
+
+    manifest, _ = test_split
+    torch.manual_seed(0)
+    model = ResDAVEnetVQ(layer_widths=[8, 8, 16, 16, 16], image_arch="resnet18", image_width_mult=0.125,
+                         codebook_size=16).eval()
+    dataset = PlacesAudioDataset(manifest, target_length=None, load_images=False)
+    captions = [dataset[i]["audio"][None] for i in range(len(dataset))]
+    frames = torch.cat([layer_outputs(model.audio_net, a, layers=["layer2"])["layer2"].frames[0].T for a in captions])
+    model.audio_net.quant3.codebook.copy_(frames[torch.randperm(len(frames))[:16]])
+    codes = [model.audio_net.encode_units(a, layer=3)[0][0] for a in captions]
+    path = tmp_path_factory.mktemp("vq") / "vq.ckpt"
+    hparams = {**model.hparams, "_class_path": "lightning_modules.ResDAVEnetVQ",
+               "_instantiator": "pytorch_lightning.cli.instantiate_module"}
+    torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": pl.__version__,
+                "hyper_parameters": hparams, "datamodule_hyper_parameters": {"image_size": 32}}, path)
+    return path, codes, [int(n) for n in dataset.lengths()]
+
+
+def test_vq_codes_through_words_abx_and_boundaries(test_split, vq_ckpt, tmp_path):
+    from lightning_modules.core.units.abx import abx_error_rates, discriminable_items, item_features, triphone_items
+    from lightning_modules.core.units.boundaries import boundary_scores, code_boundaries, reference_boundaries
+    from lightning_modules.core.units.features import frame_times
+    from lightning_modules.core.units.word_detection import word_detection
+
+    manifest, entries = test_split
+    ckpt, codes, lengths = vq_ckpt
+    assert [len(c) for c in codes] == [-(-n // 4) for n in lengths] and len(torch.cat(codes).unique()) > 4
+    words = [item_alignment(e, "text_alignment", i) for i, e in enumerate(entries)]
+    # words --layer 3 (and vq3): exactly the analysis of encode_units' codes on the 40 ms grid
+    report = analysis_main(["words", "--ckpt", str(ckpt), "--manifest", str(manifest), "--layer", "3",
+                            "--no-progress", "--out", str(tmp_path / "words.json")])
+    expected = word_detection([c.numpy() for c in codes], 0.04, words)
+    assert report["source"] == "VQ codes of position 3" and report["n_frames"] == sum(len(c) for c in codes)
+    assert {k: report[k] for k in expected} == expected
+    assert 0 <= report["words_detected_chance"] <= report["n_words"] and 0 <= report["mean_f1"] <= 1
+    vq3 = analysis_main(["words", "--ckpt", str(ckpt), "--manifest", str(manifest), "--layer", "vq3", "--no-progress"])
+    assert vq3["words"] == report["words"]
+    with pytest.raises(ValueError, match=r"quantises at VQ positions \[3\]"):
+        analysis_main(["words", "--ckpt", str(ckpt), "--manifest", str(manifest), "--layer", "2"])
+    # boundaries from code changes at position 3
+    bounds = analysis_main(["boundaries", "--ckpt", str(ckpt), "--manifest", str(manifest), "--method", "codes",
+                            "--layer", "3", "--no-progress"])
+    assert bounds["source"] == "VQ code changes, position 3"
+    preds = [code_boundaries(c.numpy(), 0.04) for c in codes]
+    assert {k: bounds[k] for k in ("precision", "recall", "f1", "r_value", "n_predicted")} == {
+        k: v for k, v in boundary_scores([reference_boundaries(w) for w in words], preds).items()
+        if k in ("precision", "recall", "f1", "r_value", "n_predicted")}
+    assert 0 < bounds["n_predicted"] and 0 <= bounds["f1"] <= 1 and 0 <= bounds["f1_chance"] <= 1
+    # ABX: every stage at its stride and the one-hot VQ codes, scored on encode_units' codes
+    abx = analysis_main(["abx", "--ckpt", str(ckpt), "--manifest", str(manifest), "--no-progress"])
+    assert list(abx["layers"]) == ["input", "conv1", "layer1", "layer2", "layer3", "layer4", "vq3"]
+    assert [v["seconds_per_frame"] for v in abx["layers"].values()] == [0.01, 0.01, 0.02, 0.04, 0.08, 0.16, 0.04]
+    assert all(0 <= v["abx_across"] <= 1 and v["n_across_triplets"] > 0 for v in abx["layers"].values())
+    phones = [item_alignment(e, "phone_alignment", i) for i, e in enumerate(entries)]
+    items = discriminable_items(triphone_items([(e["uttid"], e["speaker"], p) for e, p in zip(entries, phones)]), 10)
+    assert abx["n_items"] == len(items) > 20
+    onehot = {e["uttid"]: (torch.nn.functional.one_hot(c, 16).float(), frame_times(len(c), 0.04))
+              for e, c in zip(entries, codes)}
+    own = abx_error_rates(item_features(onehot, items), items, progress=False)
+    assert (abx["layers"]["vq3"]["abx_within"], abx["layers"]["vq3"]["abx_across"]) == (
+        own["abx_within"], own["abx_across"])
+
+
+def test_predict_units_dump_scores_as_the_checkpoint(spokenscenes, test_split, vq_ckpt, tmp_path):
+    """predict --units.output (batches padded to 2,048 frames) writes encode_units' codes of each caption alone at
+    the analyses' frame centres: words --units gives the report of words --ckpt."""
+    from test_cli import _run, _tiny_args
+
+    manifest, entries = test_split
+    ckpt, codes, _ = vq_ckpt
+    dump = tmp_path / "units.json"
+    config = Path(__file__).parent.parent / "configs" / "resdavenet_vq.yaml"
+    _run("predict", [*_tiny_args(config, spokenscenes, tmp_path / "predict", VQ_TINY), "--ckpt_path", str(ckpt),
+                     f"--data.predict_manifest={manifest}", f"--units.output={dump}", "--units.layer=3"])
+    units = json.loads(dump.read_text())
+    assert list(units) == [e["uttid"] for e in entries]
+    for e, c in zip(entries, codes):
+        assert units[e["uttid"]]["codes"] == c.tolist()
+        assert units[e["uttid"]]["times"] == [round((j + 0.5) * 0.04, 6) for j in range(len(c))]
+    from_dump = analysis_main(["words", "--units", str(dump), "--manifest", str(manifest)])
+    from_ckpt = analysis_main(["words", "--ckpt", str(ckpt), "--manifest", str(manifest), "--layer", "3",
+                               "--no-progress"])
+    for report in (from_dump, from_ckpt):
+        del report["source"], report["seconds"]
+    assert from_dump == from_ckpt

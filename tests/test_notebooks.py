@@ -122,7 +122,10 @@ def test_units_notebook_runs_every_analysis(tmp_path):
                                                "KMEANS": 16}, tmp_path)
     assert results["n_captions"] == 12 and results["alignment_ok"] and 30 < results["phone_median_ms"] < 150
     assert 0 <= results["words"]["detected"] <= results["words"]["n_words"] and results["words"]["top"]
-    assert set(results["abx"]) == {"input", "conv1", "conv2", "conv3", "conv4", "conv5"}
+    # QUICK's model is a ResDAVEnet-VQ {3}: its codes are the units, scored in ABX beside every stage
+    assert results["model"] == "ResDAVEnetVQ" and results["units"]["source"] == "VQ codes of position 3"
+    assert results["units"]["seconds_per_frame"] == 0.04 and 1 <= results["units"]["codes_used"] <= 32
+    assert set(results["abx"]) == {"input", "conv1", "layer1", "layer2", "layer3", "layer4", "vq3"}
     assert all(0 <= v["across"] <= 1 for v in results["abx"].values())
     assert len(results["boundaries"]) == 2 and all(0 <= v["f1"] <= 1 for v in results["boundaries"].values())
     assert len(results["figures"]) == 1 and _is_png(results["figures"][0])

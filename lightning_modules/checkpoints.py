@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core.weights import WeightsFileError, read_weights
+from .core.weights import WeightsFileError, compare_keys, read_weights
 
 # How LightningCLI marks a checkpoint's hyperparameters (pytorch_lightning.cli._InstantiatorFn), and the converter
 # too: `load_from_checkpoint` and `cli.py --ckpt_path` then rebuild the class named by `_class_path` from its init
@@ -52,15 +52,10 @@ def load_audio_encoder(audio_net: nn.Module, ckpt_path: str | os.PathLike) -> No
     if prefixes:
         prefix = prefixes.pop()
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    own = audio_net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or mismatched:
+    diff = compare_keys(audio_net.state_dict(), state, may_lack=())
+    missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
+    mismatched = sorted(f"{k}: checkpoint {theirs} vs model {ours}" for k, theirs, ours in diff.misshaped)
+    if diff:
         lines = [f"{name} does not fit this model's audio net ({type(audio_net).__name__}):"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if keys:
@@ -86,17 +81,15 @@ def load_matching_weights(module: nn.Module, ckpt_path: str | os.PathLike) -> di
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise WeightsFileError(f"{name}: holds no state dict")
     own = module.state_dict()
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state) if state[k].shape != own[k].shape
-    )
+    diff = compare_keys(own, state, may_lack=())
+    mismatched = sorted(f"{k}: checkpoint {theirs} vs model {ours}" for k, theirs, ours in diff.misshaped)
     if mismatched:
         shown = ", ".join(mismatched[:10]) + (f", ... ({len(mismatched)} in all)" if len(mismatched) > 10 else "")
         raise ValueError(f"{name} has another architecture than this {type(module).__name__}: {shown}")
     loaded = sorted(k for k in own if k in state)
     module.load_state_dict({k: state[k] for k in loaded}, strict=False)
-    return {"path": os.fspath(ckpt_path), "loaded": loaded, "fresh": sorted(set(own) - set(state)),
-            "ignored": sorted(set(state) - set(own))}
+    return {"path": os.fspath(ckpt_path), "loaded": loaded, "fresh": sorted(diff.missing),
+            "ignored": sorted(diff.unexpected)}
 
 
 def format_seed_report(report: dict) -> str:

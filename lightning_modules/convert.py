@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from .base import RetrievalModule
 from .checkpoints import CLI_INSTANTIATOR
 from .core.similarity import SIMILARITY_KINDS
-from .core.weights import as_state_dict, read_state_dict
+from .core.weights import as_state_dict, compare_keys, read_state_dict
 from .davenet import DAVEnet
 from .resdavenet import ResDAVEnet
 
@@ -133,16 +133,12 @@ def match_keys(
     BatchNorm's `num_batches_tracked` (older files lack it; ours then stays 0); any other key is an error.
     `net` may live on the meta device: only its keys and shapes are read.
     """
-    own = net.state_dict()
     mapped = {rename(k, renames): (k, v) for k, v in official.items()}
-    missing = [rename(k, renames, back=True) for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
-    unexpected = [off for ours, (off, _) in mapped.items() if ours not in own]
-    misshaped = [
-        f"{off} {tuple(v.shape)} (expected {tuple(own[ours].shape)})"
-        for ours, (off, v) in mapped.items()
-        if ours in own and v.shape != own[ours].shape
-    ]
-    if missing or unexpected or misshaped:
+    diff = compare_keys(net.state_dict(), {ours: v for ours, (_, v) in mapped.items()})
+    missing = [rename(k, renames, back=True) for k in diff.missing]
+    unexpected = [mapped[k][0] for k in diff.unexpected]
+    misshaped = [f"{mapped[k][0]} {theirs} (expected {ours})" for k, theirs, ours in diff.misshaped]
+    if diff:
         lines = [f"{name} does not fit {type(net).__name__} (the architecture inferred from the weights):"]
         if unexpected:
             lines.append(f"  unknown keys: {_listing(unexpected)}")

@@ -127,6 +127,33 @@ MODULE_PACKAGES = ("lightning_modules.nets.", "lightning_modules.core.losses.", 
 NOT_ALLOWED = ("lightning_modules.nets.image.",)
 
 
+class KeyMismatch:
+    """How a state dict's keys and shapes differ from a model's (``compare_keys``); false when they fit.
+
+    ``missing``: the model's keys the state dict lacks (model order); ``unexpected``: its keys the model does not
+    have (file order); ``misshaped``: ``(key, shape in the file, shape in the model)`` (model order)."""
+
+    def __init__(self, missing: list[str], unexpected: list[str], misshaped: list[tuple[str, tuple, tuple]]):
+        self.missing, self.unexpected, self.misshaped = missing, unexpected, misshaped
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.misshaped)
+
+
+def compare_keys(own: Mapping[str, Tensor], given: Mapping[str, Tensor],
+                 may_lack: tuple[str, ...] = ("num_batches_tracked",)) -> KeyMismatch:
+    """Compare a state dict (``given``) with a model's (``own``): the one check behind every weights loader
+    (official checkpoints, torchvision weights, audio warm starts, seed checkpoints).
+
+    ``may_lack``: suffixes of the model's keys that the file may lack (BatchNorm's ``num_batches_tracked``, absent
+    from older files; it then stays 0). ``()`` for a strict comparison."""
+    missing = [k for k in own if k not in given and not (may_lack and k.endswith(may_lack))]
+    unexpected = [k for k in given if k not in own]
+    misshaped = [(k, tuple(given[k].shape), tuple(own[k].shape)) for k in own
+                 if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
+    return KeyMismatch(missing, unexpected, misshaped)
+
+
 def _allowed_modules(path: str) -> list[type]:
     """The nn.Module classes of MODULE_PACKAGES that the archive's pickle names (none if it names anything else)."""
     try:  # reads the pickle's opcodes without running them

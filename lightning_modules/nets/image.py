@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..core.weights import read_state_dict
+from ..core.weights import compare_keys, read_state_dict
 from .common import scaled_width
 
 # VGG16 "configuration D": conv widths, "M" = 2x2 max-pool.
@@ -111,14 +111,10 @@ def load_backbone_weights(
     """
     own = {k: v for k, v in net.state_dict().items() if not k.startswith(skip_own)}
     given = {k: v for k, v in state.items() if not k.startswith(skip_file)}
-    missing = [k for k in own if k not in given and not k.endswith("num_batches_tracked")]
-    surplus = [k for k in given if k not in own]
-    misshaped = [
-        f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in given and given[k].shape != own[k].shape
-    ]
-    if missing or surplus or misshaped:
+    diff = compare_keys(own, given)
+    missing, surplus = diff.missing, diff.unexpected
+    misshaped = [f"{k} {theirs} vs {ours}" for k, theirs, ours in diff.misshaped]
+    if diff:
         problems = []
         if missing:
             problems.append(f"{len(missing)} missing keys (e.g. {missing[:4]})")

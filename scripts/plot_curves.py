@@ -3,9 +3,12 @@
     python scripts/plot_curves.py --out docs/figures/demo_curve.png \
         --run "demo=runs/demo/csv/version_0/metrics.csv"
     python scripts/plot_curves.py --out warmup.png --run "scratch=A.csv" --run "warm-up + retrieval=B.csv@3"
+    python scripts/plot_curves.py --x step --out demo_steps.png --run "demo=runs/demo/csv/version_0/metrics.csv"
 
 A run is LABEL=METRICS_CSV[@OFFSET_MINUTES]: the offset shifts a run that started after other work (a warm-up)
-onto the same time axis. The x value of a point is the `train/elapsed_min` logged with its validation.
+onto the same time axis. The x value of a point is the `train/elapsed_min` logged with its validation, or with
+`--x step` its optimiser step (the axis a fixed step budget makes the same on every machine; offsets then count
+steps).
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.csvlog import validation_curve  # noqa: E402
 
 
-def read_curve(metrics_csv: Path, metric: str) -> list[tuple[float, float]]:
+def read_curve(metrics_csv: Path, metric: str, x: str = "minutes") -> list[tuple[float, float]]:
     curve = validation_curve(metrics_csv, (metric,))
     if not curve:
         raise ValueError(f"{metrics_csv}: no {metric} logged (or no such file)")
+    if x == "step":
+        return [(float(p["step"]), p[metric]) for p in curve]
     missing = [p["step"] for p in curve if "minutes" not in p]
     if missing:
         raise ValueError(f"{metrics_csv}: no train/elapsed_min logged with the validation at steps {missing}")
@@ -40,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=parse_run, action="append", required=True, help="LABEL=CSV[@OFFSET_MIN]")
     parser.add_argument("--metric", default="val/mean_R@10")
+    parser.add_argument("--x", choices=("minutes", "step"), default="minutes", help="the horizontal axis")
     parser.add_argument("--title", default="")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -51,11 +57,11 @@ def main(argv: list[str] | None = None) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
     for label, path, offset in args.run:
-        curve = read_curve(path, args.metric)
+        curve = read_curve(path, args.metric, args.x)
         ax.plot([offset + m for m, _ in curve], [v for _, v in curve], marker="o", label=label)
         if offset:
             ax.axvspan(0, offset, color="0.9", zorder=0)
-    ax.set_xlabel("training wall time (minutes)")
+    ax.set_xlabel("training wall time (minutes)" if args.x == "minutes" else "optimiser step")
     ax.set_ylabel(args.metric)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

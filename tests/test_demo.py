@@ -51,6 +51,8 @@ def test_plot_curves_refuses_a_log_without_times_and_draws_offset_runs(tmp_path)
     out = tmp_path / "fig.png"
     plot.main(["--run", f"scratch={good}", "--run", f"warm={good}@3", "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.read_curve(good, "val/mean_R@10", x="step") == [(9.0, 0.3), (19.0, 0.5)]
+    assert plot.read_curve(bad, "val/mean_R@10", x="step") == [(9.0, 0.3)]  # steps need no times
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@
     cache.py         memory-mapped float16 feature store (python -m datamodules.cache)
     bad_samples.py   the bad-sample policy: skip markers, the per-epoch SkipLog, PlacesAudioDataLoader
     sampler.py       LengthBucketSampler (similar-length batches, DDP-sharded)
+    alignment.py     parse_alignment: the one reader of "start__LABEL__end" word / phone alignments
     places_audio.py  PlacesAudioDataset, its collate and PlacesAudioDataModule
 
 The names below are imported on first use, so that `python -m datamodules.cache` and
@@ -24,6 +25,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
+        "alignment": ["item_alignment", "parse_alignment"],
         "bad_samples": ["PlacesAudioDataLoader"],
         "cache": ["FeatureStore", "build_cache"],
         "errors": ["BadSampleError", "FeatureCacheError", "ManifestError", "SkippedSamplesWarning"],
@@ -36,6 +38,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
 )
 
 if TYPE_CHECKING:
+    from .alignment import item_alignment, parse_alignment
     from .bad_samples import PlacesAudioDataLoader
     from .cache import FeatureStore, build_cache
     from .errors import BadSampleError, FeatureCacheError, ManifestError, SkippedSamplesWarning

@@ -5,10 +5,12 @@
 
 writes ``{uttid: {"codes": [c_0, c_1, ...], "times": [t_0, t_1, ...]}}``: the code of every valid frame at VQ
 position ``layer`` (``audio_net.encode_units``: eval semantics, no jitter) and that frame's centre in seconds,
-``(j + 0.5) * frame_shift * 2**(layer - 1)`` as the official unit analysis places codes
+``(j + 0.5) * frame_shift * 2**(layer - 1)`` (rounded to 1 us) as the official unit analysis places codes
 (wnhsu/ResDAVEnet-VQ `steps/unit_analysis.py::get_feats_codes`, `steps/alignment.py::DenseAlignment.get_center`):
-at position 3 (40 ms per code) 0.02, 0.06, 0.10, ... Captions appear in manifest order; under DDP every rank's
-captions are gathered and rank 0 writes the file.
+at position 3 (40 ms per code) 0.02, 0.06, 0.10, ... This is the time convention of the analyses
+(`lightning_modules.core.units.features`), so ``python -m lightning_modules.analysis words --units FILE`` reads back
+the grid that ``words --ckpt C --layer K`` uses. Captions appear in manifest order; under DDP every rank's captions
+are gathered and rank 0 writes the file.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 
+from .core.units.features import frame_times, position_spf
 from .search import item_info
 
 
 def unit_times(n: int, layer: int, frame_shift: float = 0.01) -> list[float]:
-    """Centres in seconds of the first ``n`` frames at VQ position ``layer`` (``2**(layer - 1)`` input frames each)."""
-    step = frame_shift * 2 ** (layer - 1)
-    return [round((j + 0.5) * step, 6) for j in range(n)]
+    """Centres in seconds of the first ``n`` frames at VQ position ``layer`` (``2**(layer - 1)`` input frames each),
+    ``(j + 0.5) * spf`` rounded to 1 us."""
+    return [round(t, 6) for t in frame_times(n, position_spf(layer, frame_shift)).tolist()]
 
 
 class UnitWriter(Callback):

@@ -74,6 +74,13 @@ def test_interrupted_generation_is_detected_and_completed_to_the_same_bytes(tmp_
     assert "is missing or empty" in check_dataset(root, **SIZES, seed=0, image_size=32)[0]
     result = generate(root, **SIZES, seed=0, image_size=32, workers=1, progress=False, resume=True)
     assert result["kept"] == ["train", "val"] and wav.read_bytes()
+    # A data set of an older version (1.0 had no word or phone alignments) is made again, not resumed.
+    info = json.loads((root / "info.json").read_text())
+    (root / "info.json").write_text(json.dumps({**info, "version": "1.0"}))
+    assert "holds SpokenScenes 1.0, not 1.1" in check_dataset(root, **SIZES, seed=0, image_size=32)[0]
+    result = generate(root, **SIZES, seed=0, image_size=32, workers=1, progress=False, resume=True)
+    assert result["kept"] == [] and check_dataset(root, **SIZES, seed=0, image_size=32) == []
+    assert "phone_alignment" in json.loads((root / "test.json").read_text())["data"][0]
 
 
 def test_feature_cache_killed_mid_build_is_rebuilt_complete(make_manifest, tmp_path):

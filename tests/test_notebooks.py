@@ -116,7 +116,24 @@ def test_grounding_notebook_trains_a_tiny_model_and_measures_localisation(tmp_pa
         assert 1 <= units["segments"][str(k)] <= len(units["codes"][str(k)])
 
 
-@pytest.mark.parametrize("name", ["model_comparison.ipynb", "grounding.ipynb"])
+@pytest.mark.slow
+def test_units_notebook_runs_every_analysis(tmp_path):
+    results, nb = run_notebook("units.ipynb", {"QUICK": True, "WORK_DIR": str(tmp_path / "work"), "MAX_ITEMS": 200,
+                                               "KMEANS": 16}, tmp_path)
+    assert results["n_captions"] == 12 and results["alignment_ok"] and 30 < results["phone_median_ms"] < 150
+    assert 0 <= results["words"]["detected"] <= results["words"]["n_words"] and results["words"]["top"]
+    # QUICK's model is a ResDAVEnet-VQ {3}: its codes are the units, scored in ABX beside every stage
+    assert results["model"] == "ResDAVEnetVQ" and results["units"]["source"] == "VQ codes of position 3"
+    assert results["units"]["seconds_per_frame"] == 0.04 and 1 <= results["units"]["codes_used"] <= 32
+    assert set(results["abx"]) == {"input", "conv1", "layer1", "layer2", "layer3", "layer4", "vq3"}
+    assert all(0 <= v["across"] <= 1 for v in results["abx"].values())
+    assert len(results["boundaries"]) == 2 and all(0 <= v["f1"] <= 1 for v in results["boundaries"].values())
+    assert len(results["figures"]) == 1 and _is_png(results["figures"][0])
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
+    assert not errors
+
+
+@pytest.mark.parametrize("name", ["model_comparison.ipynb", "grounding.ipynb", "units.ipynb"])
 def test_committed_notebooks_have_no_large_outputs(name):
     path = NOTEBOOKS / name
     assert path.stat().st_size < 100_000, f"{path} is {path.stat().st_size} bytes: strip its outputs"

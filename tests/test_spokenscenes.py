@@ -11,12 +11,20 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from datamodules.alignment import check_alignments, item_alignment
 from datamodules.spokenscenes import LEXICON, SCENE_NAMES, SPEAKERS, generate, scene_of_image
 from datamodules.spokenscenes.__main__ import main as cli_main
 from datamodules.spokenscenes.captions import make_caption
 from datamodules.spokenscenes.oracle import expected_recall, oracle_on_split, text_oracle
 from datamodules.spokenscenes.scenes import draw_scene
-from datamodules.spokenscenes.speech import resample, speak, synthesize
+from datamodules.spokenscenes.speech import (
+    _align_to_lexicon,
+    _token_phones,
+    resample,
+    speak,
+    synthesize,
+    synthesize_with_phonemes,
+)
 
 COUNTS = {"train": 6, "val": 2, "test": 4}
 
@@ -269,3 +277,50 @@ def test_scene_classes_cycle_so_every_split_is_balanced(dataset):
     for split in COUNTS:
         scenes = [e["scene"] for e in _entries(root, split)]
         assert scenes == [SCENE_NAMES[i % len(SCENE_NAMES)] for i in range(len(scenes))], split
+
+
+def test_alignments_repeat_the_word_timings_and_phones_tile_each_word(dataset):
+    root, _ = dataset
+    words, phones = [], []
+    for i, (_, e) in enumerate(_all_entries(root)):
+        w, p = item_alignment(e, "text_alignment", i), item_alignment(e, "phone_alignment", i)
+        assert [(a, b, t.lower()) for a, b, t in w] == [(x["start"], x["end"], x["word"]) for x in e["words"]]
+        assert all(t.isupper() for _, _, t in w)  # as in the aligned Places and SpokenCOCO manifests
+        assert p and all(not label.startswith("_") and "'" not in label for _, _, label in p)
+        words.append(w)
+        phones.append(p)
+    report = check_alignments(words, phones)
+    assert report["ok"] and report["words_without_phones"] == 0, report
+    # speech-like timing: median phone 40-120 ms, 8-20 phones per second of speech
+    assert 40 <= report["duration_ms"]["p50"] <= 120 and 8 <= report["phones_per_second"] <= 20
+
+
+def test_phoneme_events_leave_the_audio_unchanged():
+    text = "there are a red star and a box in the kitchen"
+    audio, events, rate = synthesize(text, "en-gb-x-rp+m3", 200, 30, 70, noise_seed=5)
+    timed = synthesize_with_phonemes(text, "en-gb-x-rp+m3", 200, 30, 70, noise_seed=5, lexicon_words=("the",))
+    assert np.array_equal(audio, timed.audio) and timed.words == events and timed.rate == rate
+    names = [n for _, _, n in timed.phonemes if not n.startswith("_")]
+    assert len(names) > 20 and [ms for _, ms, _ in timed.phonemes] == sorted(ms for _, ms, _ in timed.phonemes)
+    assert timed.lexicon["the"] in (["D", "@"], ["D", "@2"])  # stress marks removed
+
+
+def test_phoneme_positions_map_to_tokens():
+    tokens = ["a", "um", "huge"]
+    text = "a um, huge"  # tokens at characters 1, 3, 7 (1-based)
+    events = [(1, 0, "a#"), (3, 50, "'V"), (3, 90, "m"), (5, 130, "_:"), (6, 200, "j"), (7, 240, "u:"),
+              (7, 300, "dZ")]
+    phones = _token_phones(tokens, [1, 3, 7], events, {}, text, 400.0)
+    # the pause is dropped; 'j' at character 6 (the space after the comma) belongs to "huge"; stress marks go
+    assert phones == [("a#", 0.0, 50.0, 0), ("V", 50.0, 90.0, 1), ("m", 90.0, 130.0, 1), ("j", 200.0, 240.0, 2),
+                      ("u:", 240.0, 300.0, 2), ("dZ", 300.0, 400.0, 2)]
+
+
+def test_joined_words_split_their_phonemes_by_the_lexicon():
+    # "there are" said as one word with a linking r: the r goes to "there", the final r- to "are"
+    assert _align_to_lexicon(["D", "e@", "r", "A@", "r-"], [["D", "e@"], ["A@"]]) == [0, 0, 0, 1, 1]
+    assert _align_to_lexicon(["@", "v", "@"], [["0", "v"], ["eI"]]) == [0, 0, 1]  # "of a", both reduced
+    assert _align_to_lexicon(["I", "n", "D", "I2", ";"], [["I", "n"], ["D", "@2"]]) == [0, 0, 1, 1, 1]
+    utt = speak(["in", "the", "kitchen"], "in the kitchen", "en-us+m1", 175, 50, 50)
+    by_word = [[p for p, _, _, w in utt.phones if w == k] for k in range(3)]
+    assert by_word[0] == ["I", "n"] and by_word[1][0] == "D" and by_word[2][0] == "k"

@@ -18,6 +18,8 @@ A manifest entry:
     {"uttid": "<speaker>-ss_test_000007", "speaker": "en-gb-x-rp+f3", "asr_text": "a kitchen with a red star",
      "wav": "test/000/ss_test_000007.wav", "image": "k/kitchen/ss_test_000007.jpg",
      "words": [{"word": "a", "start": 0.05, "end": 0.11}, ...],
+     "text_alignment": "0.050__A__0.110 0.118__KITCHEN__0.540 ...",
+     "phone_alignment": "0.050__a#__0.110 0.118__k__0.196 0.196__I__0.262 ...",
      "objects": [{"name": "small red star", "colour": "red", "shape": "star", "size": "small",
                   "rgb": [224, 31, 25], "mask": "k/kitchen/ss_test_000007_0.png", "box": [x0, y0, x1, y1],
                   "word_index": [4, 5]}],
@@ -25,9 +27,13 @@ A manifest entry:
 
 `box` is in pixels with x1, y1 exclusive; `word_index` lists the positions in `words` of the words that name
 the object (colour, shape and, when spoken, size; empty when the caption does not mention it);
-`scene_word_index` the same for the scene. Every pair draws from its own random generator, seeded by
-(seed, split, index): the output is the same whatever the number of workers, and the test split of a seed
-is the same whatever the train and val counts.
+`scene_word_index` the same for the scene. `text_alignment` holds the same word timings in the format of the
+aligned Places and SpokenCOCO manifests (upper case, as theirs; `datamodules.alignment.parse_alignment` reads
+both), `phone_alignment` the phones of espeak's phoneme events (espeak names without stress marks), each phone
+inside its word and the word's phones without gaps or overlaps (`speech.speak`).
+
+Every pair draws from its own random generator, seeded by (seed, split, index): the output is the same whatever
+the number of workers, and the test split of a seed is the same whatever the train and val counts.
 
 Restartable: while it runs, `root` holds `.spokenscenes-incomplete.json` (the arguments); each split's manifest is
 written (atomically) once all its pairs are on disk, `info.json` last. `check_dataset` says what is missing or
@@ -49,11 +55,12 @@ import soundfile
 from PIL import Image
 from tqdm import tqdm
 
+from ..alignment import format_alignment
 from .captions import make_caption
 from .scenes import COLOURS, SCENE_NAMES, SHAPES, SIZES, draw_scene, place_path
 from .speech import SAMPLE_RATE, SPEAKERS, espeak_version, speak
 
-VERSION = "1.0"
+VERSION = "1.1"  # 1.1: text_alignment and phone_alignment (images and wavs unchanged)
 SPLITS = ("train", "val", "test")
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 MARKER = ".spokenscenes-incomplete.json"  # present while a generation runs (or was interrupted)
@@ -122,6 +129,8 @@ def _make_pair(job: tuple[str, str, int, int, int, int, int]) -> tuple[dict, int
         "wav": wav,
         "image": image,
         "words": [{"word": w, "start": float(a), "end": float(b)} for w, a, b in utterance.words],
+        "text_alignment": format_alignment([(a, b, w.upper()) for w, a, b in utterance.words]),
+        "phone_alignment": format_alignment([(a, b, p) for p, a, b, _ in utterance.phones]),
         "objects": objects,
         "scene": scene.name,
         "scene_word_index": caption.scene_index,
@@ -183,6 +192,9 @@ def check_dataset(root, train: int = 0, val: int = 0, test: int = 0, seed: int =
         return [f"{root / 'info.json'} is missing{interrupted}"]
     except (OSError, ValueError) as err:
         return [f"{root / 'info.json'} is unreadable ({err})"]
+    if isinstance(info, dict) and info.get("version") != VERSION:
+        return [f"{root} holds SpokenScenes {info.get('version')}, not {VERSION} (1.1 added the word and phone "
+                "alignments): generate it again"]
     want = {"train": train, "val": val, "test": test, "seed": seed, "image_size": image_size,
             "captions_per_image": captions_per_image}
     have = info.get("args", {}) if isinstance(info, dict) else {}
@@ -264,10 +276,11 @@ def _info(counts: dict, seed: int, image_size: int, captions_per_image: int = 1)
 
 
 def _interrupted_with(root: Path, info: dict) -> bool:
-    """Whether `root` holds an interrupted generation (or a finished one) of exactly these arguments."""
+    """Whether `root` holds an interrupted generation (or a finished one) of exactly these arguments and version."""
     for marker in (MARKER, "info.json"):
         try:
-            if json.loads((root / marker).read_text()).get("args") == info["args"]:
+            found = json.loads((root / marker).read_text())
+            if found.get("args") == info["args"] and found.get("version") == info["version"]:
                 return True
         except (OSError, ValueError, AttributeError):
             pass

@@ -1,6 +1,6 @@
 """Speech for SpokenScenes: espeak-ng (the `espeakng-loader` build) driven through ctypes, with word timings.
 
-    speak(tokens, text, speaker, rate, pitch, pitch_range) -> Utterance(audio int16 [n] at 16 kHz, words)
+    speak(tokens, text, speaker, rate, pitch, pitch_range) -> Utterance(audio int16 [n] at 16 kHz, words, phones)
 
 How espeak is driven (speak_lib.h, API revision 12):
 
@@ -10,6 +10,12 @@ How espeak is driven (speak_lib.h, API revision 12):
 - `espeak_EVENT` = {int type; unsigned unique_identifier; int text_position (1-based character offset of the
   word); int length; int audio_position (ms from the start of the message); int sample; void *user_data;
   union {int number; const char *name; char string[8]} id}.
+- Initialised with `espeakINITIALIZE_PHONEME_EVENTS` (options bit 0), espeak also delivers a phoneme event
+  (type 7) at the start of every phoneme: `id.string` is its espeak name (`'E`, `tS`, `a#`; `_`, `_:` are
+  pauses) and `text_position` the word event it belongs to (function words joined to the word before carry that
+  word's position). Phoneme events change nothing in the audio (tested).
+- `espeak_TextToPhonemes(&text, espeakCHARS_AUTO, ' ' << 8)` gives a word's phoneme names under the current
+  voice, separated by spaces: the lexicon that splits a joined segment's phonemes between its words.
 - `espeak_SetVoiceByName("en-us+f2")` picks a language voice and a variant; `espeak_SetParameter` sets rate
   (words/min), pitch (0-100) and pitch range (0-100); `espeak_Synth(text, size, 0, POS_CHARACTER, 0,
   espeakCHARS_AUTO, NULL, NULL)` then `espeak_Synchronize()` runs the synthesis.
@@ -36,7 +42,7 @@ import ctypes
 import functools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,7 +57,9 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _espeakCHARS_AUTO = 0
 _espeakRATE, _espeakPITCH, _espeakRANGE = 1, 3, 4
-_EVENT_LIST_TERMINATED, _EVENT_WORD = 0, 1
+_EVENT_LIST_TERMINATED, _EVENT_WORD, _EVENT_PHONEME = 0, 1, 7
+_INITIALIZE_PHONEME_EVENTS = 0x0001
+_STRESS_MARKS = "',%="  # espeak's stress and syllable marks before a phoneme name: not part of the phone
 
 
 class _EventId(ctypes.Union):
@@ -90,12 +98,16 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.espeak_Info.argtypes = [ctypes.c_void_p]
     lib.espeak_Info.restype = ctypes.c_char_p
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
     return lib
 
 
-# what the callback of the library being used collects: int16 blocks and (text_position, length, ms) per word
+# what the callback of the library being used collects: int16 blocks, (text_position, length, ms) per word and
+# (text_position, ms, name) per phoneme
 _chunks: list[np.ndarray] = []
 _words: list[tuple[int, int, int]] = []
+_phonemes: list[tuple[int, int, str]] = []
 
 
 def _on_audio(wav, numsamples, events) -> int:
@@ -105,6 +117,9 @@ def _on_audio(wav, numsamples, events) -> int:
     while events[i].type != _EVENT_LIST_TERMINATED:
         if events[i].type == _EVENT_WORD:
             _words.append((events[i].text_position, events[i].length, events[i].audio_position))
+        elif events[i].type == _EVENT_PHONEME:
+            _phonemes.append((events[i].text_position, events[i].audio_position,
+                              events[i].id.string.decode("ascii", "replace")))
         i += 1
     return 0  # continue
 
@@ -115,15 +130,16 @@ _checked_unload = False
 
 
 @contextlib.contextmanager
-def _fresh_espeak():
-    """A freshly loaded, initialised libespeak-ng, unloaded again on exit (see the module doc)."""
+def _fresh_espeak(options: int = 0):
+    """A freshly loaded libespeak-ng initialised with `options`, unloaded again on exit (see the module doc)."""
     global _checked_unload
     import espeakng_loader
 
     path = espeakng_loader.get_library_path()
     lib = _declare(ctypes.CDLL(path))
     try:
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(),
+                                     options)
         if rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed with data {espeakng_loader.get_data_path()}")
         lib.espeak_SetSynthCallback(_callback)
@@ -144,12 +160,35 @@ def espeak_version() -> str:
         return lib.espeak_Info(None).decode()
 
 
+@dataclass
+class Synthesis:
+    audio: np.ndarray  # int16 [n] at `rate`
+    words: list[tuple[int, int, int]]  # word events: (text_position (1-based), length, ms)
+    phonemes: list[tuple[int, int, str]]  # phoneme events: (text_position, ms, espeak name); empty unless asked
+    rate: int  # Hz
+    lexicon: dict[str, list[str]]  # phoneme names (stress marks removed) of each word asked for, in this voice
+
+
+def synthesize_with_phonemes(text: str, speaker: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50,
+                             noise_seed: int = 0, lexicon_words: tuple[str, ...] = ()) -> Synthesis:
+    """espeak-ng speech of `text` with word and phoneme events, plus the phonemes of `lexicon_words` in the
+    same voice (see the module doc). The audio is exactly that of `synthesize` with the same arguments."""
+    return _synthesize(text, speaker, rate, pitch, pitch_range, noise_seed, _INITIALIZE_PHONEME_EVENTS,
+                       lexicon_words)
+
+
 def synthesize(text: str, speaker: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50,
                noise_seed: int = 0) -> tuple[np.ndarray, list[tuple[int, int, int]], int]:
     """espeak-ng speech of `text`: (int16 audio, word events [(text_position (1-based), length, ms)], rate Hz).
 
     Deterministic: the same arguments give the same audio in any process, after any other call."""
-    with _fresh_espeak() as (lib, native_rate):
+    out = _synthesize(text, speaker, rate, pitch, pitch_range, noise_seed, 0, ())
+    return out.audio, out.words, out.rate
+
+
+def _synthesize(text: str, speaker: str, rate: int, pitch: int, pitch_range: int, noise_seed: int, options: int,
+                lexicon_words: tuple[str, ...]) -> Synthesis:
+    with _fresh_espeak(options) as (lib, native_rate):
         lib.espeak_ng_SetRandSeed(noise_seed)
         _libc.srand(noise_seed)
         if lib.espeak_SetVoiceByName(speaker.encode()) != 0:
@@ -159,12 +198,18 @@ def synthesize(text: str, speaker: str, rate: int = 175, pitch: int = 50, pitch_
                 raise ValueError(f"espeak_SetParameter({param}, {value}) failed")
         _chunks.clear()
         _words.clear()
+        _phonemes.clear()
         data = text.encode()
         err = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _espeakCHARS_AUTO, None, None)
         if err != 0 or lib.espeak_Synchronize() != 0:
             raise RuntimeError(f"espeak_Synth failed ({err}) on {text!r}")
         audio = np.concatenate(_chunks) if _chunks else np.zeros(0, np.int16)
-        return audio, list(_words), native_rate
+        lexicon = {}
+        for word in dict.fromkeys(lexicon_words):  # after the audio is made: it cannot change it
+            buffer = ctypes.c_char_p(word.encode())
+            names = lib.espeak_TextToPhonemes(ctypes.byref(buffer), _espeakCHARS_AUTO, ord(" ") << 8)
+            lexicon[word] = [n.lstrip(_STRESS_MARKS) for n in (names or b"").decode("ascii", "replace").split()]
+        return Synthesis(audio, list(_words), list(_phonemes), native_rate, lexicon)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -228,6 +273,12 @@ class Utterance:
     audio: np.ndarray  # int16 [n] at SAMPLE_RATE
     words: list[tuple[str, float, float]]  # (word, start s, end s), in spoken order
     speaker: str
+    # (espeak phone name without stress marks, start s, end s, index of its word): every phone inside its word,
+    # the word's phones tiling its span without gaps or overlaps
+    phones: list[tuple[str, float, float, int]] = field(default_factory=list)
+    # the same phones at espeak's own times (each ends where the next phoneme or pause starts), before they are
+    # fitted to the word spans; for measuring how far the two timings disagree
+    raw_phones: list[tuple[str, float, float, int]] = field(default_factory=list)
 
 
 def _active_frames(audio: np.ndarray, frame: int, threshold_db: float = -35.0) -> np.ndarray:
@@ -264,6 +315,92 @@ def _token_onsets(tokens: list[str], starts: list[int], events, text: str, end_m
     return onsets
 
 
+def _align_to_lexicon(spoken: list[str], lexicon: list[list[str]]) -> list[int]:
+    """Which word each of a joined segment's phonemes belongs to.
+
+    `spoken` are the segment's phoneme names as espeak said them; `lexicon[w]` the names of word w said alone.
+    A Levenshtein alignment of `spoken` to the concatenated lexicon gives each matched or substituted phoneme
+    its word; a phoneme espeak inserted (a linking r: "there [r] are") belongs to the word before it (the word
+    after it at the start). Returns the word index of every spoken phoneme, non-decreasing."""
+    owner = [w for w, names in enumerate(lexicon) for _ in names]
+    ref = [n for names in lexicon for n in names]
+    n, m = len(spoken), len(ref)
+    cost = np.zeros((n + 1, m + 1), dtype=np.int64)
+    cost[:, 0] = np.arange(n + 1)
+    cost[0, :] = np.arange(m + 1)
+    for i in range(1, n + 1):  # a few phonemes: the plain dynamic programme
+        for j in range(1, m + 1):
+            cost[i, j] = min(cost[i - 1, j - 1] + (spoken[i - 1] != ref[j - 1]), cost[i - 1, j] + 1, cost[i, j - 1] + 1)
+    word: list[int | None] = [None] * n
+    i, j = n, m
+    while i > 0 and j > 0:
+        if cost[i, j] == cost[i - 1, j - 1] + (spoken[i - 1] != ref[j - 1]):
+            word[i - 1] = owner[j - 1]
+            i, j = i - 1, j - 1
+        elif cost[i, j] == cost[i - 1, j] + 1:
+            i -= 1  # inserted by espeak: filled in below
+        else:
+            j -= 1
+    known = [w for w in word if w is not None]
+    last = known[0] if known else 0
+    for k, w in enumerate(word):
+        last = w if w is not None else last
+        word[k] = last
+    return word  # type: ignore[return-value]
+
+
+def _token_phones(tokens: list[str], starts: list[int], phonemes: list[tuple[int, int, str]],
+                  lexicon: dict[str, list[str]], text: str, end_ms: float) -> list[tuple[str, float, float, int]]:
+    """(name, start ms, end ms, token index) of every phone, at espeak's times.
+
+    A phoneme ends where the next phoneme event (a pause included) starts, the last at `end_ms`; pauses
+    (names starting with `_`) are dropped and stress marks removed. Phonemes carry the character position of
+    their word event (1-based; a position in the gap before a token counts for that token); the phonemes of a word
+    joined to the one before ("in the") are split between the two by `_align_to_lexicon`."""
+    # a position inside a token is that token's; one in the spaces or punctuation before a token (espeak sometimes
+    # points there after a comma) is the next token's
+    token_ends = np.array([p + len(t) for p, t in zip(starts, tokens)])
+    ends = [ms for _, ms, _ in phonemes[1:]] + [end_ms]
+    phones: list[tuple[str, float, float, int]] = []
+    for (pos, ms, name), end in zip(phonemes, ends):
+        if name.startswith("_") or not name.strip(_STRESS_MARKS):
+            continue
+        token = min(int(np.searchsorted(token_ends, pos, side="right")), len(tokens) - 1)
+        phones.append((name.lstrip(_STRESS_MARKS), float(ms), float(end), token))
+    # a token with no phoneme of its own was joined to the last one before it that has some
+    has = sorted({t for *_, t in phones})
+    for j, t in enumerate(has):
+        k = has[j + 1] if j + 1 < len(has) else len(tokens)
+        if k - t > 1:
+            idx = [q for q, p in enumerate(phones) if p[3] == t]
+            words = _align_to_lexicon([phones[q][0] for q in idx], [lexicon.get(w, []) for w in tokens[t:k]])
+            for q, w in zip(idx, words):
+                phones[q] = (*phones[q][:3], t + w)
+    return phones
+
+
+def _fit_phones(phones: list[tuple[str, float, float, int]], spans: list[tuple[int, int]]):
+    """Phone boundaries in whole ms fitted to the word spans: a word's first phone starts at the word's start,
+    its last ends at the word's end, the boundaries between them stay at espeak's times (rounded) as far as the
+    span allows (each phone keeps at least 1 ms when the word has room)."""
+    out = []
+    for w, (ws, we) in enumerate(spans):
+        own = [p for p in phones if p[3] == w]
+        n = len(own)
+        if not n:
+            continue
+        inner = np.array([round(p[1]) for p in own[1:]], dtype=np.int64)
+        if we - ws >= n:
+            j = np.arange(1, n)
+            inner = np.clip(inner, ws + j, we - (n - j))
+            inner = np.maximum.accumulate(inner - j) + j  # strictly increasing, still inside the bounds
+        else:  # more phones than ms: some get no duration
+            inner = np.maximum.accumulate(np.clip(inner, ws, we))
+        bounds = [ws, *inner.tolist(), we]
+        out += [(p[0], bounds[k], bounds[k + 1], w) for k, p in enumerate(own)]
+    return out
+
+
 def speak(tokens: list[str], text: str, speaker: str, rate: int, pitch: int, pitch_range: int,
           peak: float = 0.8, noise_seed: int = 0, snr_db: float | None = 50.0) -> Utterance:
     """Speak `text` (the tokens joined by spaces, with optional punctuation) and time every token.
@@ -272,7 +409,10 @@ def speak(tokens: list[str], text: str, speaker: str, rate: int, pitch: int, pit
     for the last one). Both ends are then pulled in to the word's first and last non-silent 10 ms frames,
     so the pause at a comma is not counted as part of the word before it. The utterance is cut to 50 ms
     around its speech, scaled to the given peak amplitude and, unless `snr_db` is None, given a floor of
-    white noise `snr_db` below the peak (espeak's pauses are digital zeros, which no microphone records)."""
+    white noise `snr_db` below the peak (espeak's pauses are digital zeros, which no microphone records).
+
+    Phones come from espeak's phoneme events (`_token_phones`) and are fitted to the word spans (`_fit_phones`):
+    `phones` tile each word exactly, `raw_phones` keep espeak's own times (both in seconds of the cut audio)."""
     starts = []  # 1-based character position of every token, as espeak reports it
     pos = 0
     for tok in tokens:
@@ -282,8 +422,10 @@ def speak(tokens: list[str], text: str, speaker: str, rate: int, pitch: int, pit
         pos = at
         starts.append(pos + 1)
         pos += len(tok)
-    audio, events, native = synthesize(text, speaker, rate, pitch, pitch_range, noise_seed)
-    onset_ms = _token_onsets(tokens, starts, events, text, 1000 * len(audio) / native)
+    spoken = synthesize_with_phonemes(text, speaker, rate, pitch, pitch_range, noise_seed, tuple(tokens))
+    audio, native = spoken.audio, spoken.rate
+    onset_ms = _token_onsets(tokens, starts, spoken.words, text, 1000 * len(audio) / native)
+    raw_phones = _token_phones(tokens, starts, spoken.phonemes, spoken.lexicon, text, 1000 * len(audio) / native)
 
     wave = resample(audio.astype(np.float64) / 32768.0, native, SAMPLE_RATE)
     frame = SAMPLE_RATE // 100
@@ -302,7 +444,7 @@ def speak(tokens: list[str], text: str, speaker: str, rate: int, pitch: int, pit
     onset = onset_ms * SAMPLE_RATE / 1000 - lo
     bounds = np.clip(np.append(onset, len(wave)), 0, len(wave)).round().astype(int)
     total_ms = len(wave) // ms
-    words = []
+    words, spans = [], []
     for i, tok in enumerate(tokens):
         a = min(bounds[i], len(wave) - 1)
         b = max(bounds[i + 1], a + 1)
@@ -313,9 +455,14 @@ def speak(tokens: list[str], text: str, speaker: str, rate: int, pitch: int, pit
         start = min(round(a / ms), total_ms - 1)
         end = min(max(round(b / ms), start + 1), total_ms)
         words.append((tok, start / 1000, end / 1000))
+        spans.append((start, end))
+    shift_ms = lo / ms  # espeak's ms -> ms of the cut audio
+    raw_phones = [(name, a - shift_ms, b - shift_ms, w) for name, a, b, w in raw_phones]
+    phones = [(name, a / 1000, b / 1000, w) for name, a, b, w in _fit_phones(raw_phones, spans)]
+    raw_phones = [(name, round(a) / 1000, round(b) / 1000, w) for name, a, b, w in raw_phones]
 
     scaled = wave * (peak / max(np.abs(wave).max(), 1e-9))
     if snr_db is not None:
         scaled = scaled + np.random.default_rng(noise_seed).normal(0, peak * 10 ** (-snr_db / 20), len(scaled))
     pcm = np.clip(np.round(scaled * 32767), -32768, 32767).astype(np.int16)
-    return Utterance(pcm, words, speaker)
+    return Utterance(pcm, words, speaker, phones, raw_phones)

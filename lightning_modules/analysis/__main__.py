@@ -9,7 +9,11 @@ from collections.abc import Sequence
 
 # command -> module with add_arguments(parser) and run(args)
 COMMANDS = {
+    "words": "lightning_modules.analysis.words",
+    "abx": "lightning_modules.analysis.abx",
+    "boundaries": "lightning_modules.analysis.boundaries",
     "localization": "lightning_modules.analysis.localization",
+    "keywords": "lightning_modules.analysis.keywords",
 }
 
 

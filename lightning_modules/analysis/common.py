@@ -38,6 +38,13 @@ Segment = tuple[float, float, str]
 
 
 # ---- manifests -------------------------------------------------------------------------------------------------
+def checkpoint_image_size(ckpt: dict, given: int | None) -> int:
+    """The image side to evaluate at: ``given``, else the one the checkpoint's datamodule trained with, else 224."""
+    if given is not None:
+        return given
+    return int((ckpt.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
+
+
 def read_manifest_entries(path: str | os.PathLike) -> tuple[list[dict], str | None]:
     """The items of a manifest (read and validated by ``datamodules``) and its mask folder (``mask_base_path``
     resolved against the manifest's folder; None without one)."""
@@ -237,6 +244,7 @@ class Timer:
         return round(time.perf_counter() - self.start, 3)
 
 
-__all__ = ["read_manifest_entries", "uttid", "alignments", "load_model", "audio_loader", "vq_positions",
+__all__ = ["checkpoint_image_size", "read_manifest_entries", "uttid", "alignments", "load_model", "audio_loader",
+           "vq_positions",
            "caption_frames", "code_position", "kmeans_codes", "pick_layer", "all_layers", "read_units",
            "read_boundaries", "add_common_arguments", "table", "write_report", "Timer", "frame_times"]

@@ -27,7 +27,15 @@ from datamodules.places_audio import PlacesAudioCollate
 from ..checkpoints import read_checkpoint
 from ..core.localization import load_mask
 from ..core.units.keywords import concept_scores, keyword_spotting
-from .common import Timer, alignments, load_model, read_manifest_entries, table, write_report
+from .common import (
+    Timer,
+    alignments,
+    checkpoint_image_size,
+    load_model,
+    read_manifest_entries,
+    table,
+    write_report,
+)
 
 
 def keyword_attributes(entries, words, min_count: int) -> dict[str, tuple[str, str]]:
@@ -64,9 +72,7 @@ def run(args: argparse.Namespace) -> dict:
     timer = Timer()
     ckpt = read_checkpoint(args.ckpt)
     model = load_model(ckpt)
-    image_size = args.image_size
-    if image_size is None:
-        image_size = int((ckpt.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
+    image_size = checkpoint_image_size(ckpt, args.image_size)
     entries, mask_root = read_manifest_entries(args.manifest)
     entries = entries[: args.limit]
     words = alignments(entries, "text_alignment", args.manifest)

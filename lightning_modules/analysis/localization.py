@@ -21,7 +21,7 @@ from datamodules.places_audio import PlacesAudioCollate
 
 from ..checkpoints import load_retrieval_checkpoint, read_checkpoint
 from ..core.localization import REDUCTIONS, WORDS, heatmap_ap_iou, object_heatmaps, pointing_game
-from .common import read_manifest_entries, write_report
+from .common import checkpoint_image_size, read_manifest_entries, write_report
 
 __all__ = ["read_manifest_entries", "format_result", "add_arguments", "run"]
 
@@ -68,9 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     """Print (and optionally save) the localisation scores of ``args.ckpt`` on ``args.manifest``."""
     ckpt = read_checkpoint(args.ckpt)
     model = load_retrieval_checkpoint(ckpt)
-    image_size = args.image_size
-    if image_size is None:
-        image_size = int((ckpt.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
+    image_size = checkpoint_image_size(ckpt, args.image_size)
     entries, mask_root = read_manifest_entries(args.manifest)
     dataset = PlacesAudioDataset(args.manifest, target_length=None, image_transform="resize", image_size=image_size)
     if args.limit is not None:

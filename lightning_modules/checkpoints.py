@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core.weights import WeightsFileError, compare_keys, read_weights
+from .core.weights import WeightsFileError, compare_keys, listing, read_weights
 
 # How LightningCLI marks a checkpoint's hyperparameters (pytorch_lightning.cli._InstantiatorFn), and the converter
 # too: `load_from_checkpoint` and `cli.py --ckpt_path` then rebuild the class named by `_class_path` from its init
@@ -59,8 +59,7 @@ def load_audio_encoder(audio_net: nn.Module, ckpt_path: str | os.PathLike) -> No
         lines = [f"{name} does not fit this model's audio net ({type(audio_net).__name__}):"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if keys:
-                shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
-                lines.append(f"  {title}: {shown}")
+                lines.append(f"  {title}: {listing(keys, 10)}")
         raise ValueError("\n".join(lines))
     audio_net.load_state_dict(state, strict=True)
 
@@ -84,8 +83,8 @@ def load_matching_weights(module: nn.Module, ckpt_path: str | os.PathLike) -> di
     diff = compare_keys(own, state, may_lack=())
     mismatched = sorted(f"{k}: checkpoint {theirs} vs model {ours}" for k, theirs, ours in diff.misshaped)
     if mismatched:
-        shown = ", ".join(mismatched[:10]) + (f", ... ({len(mismatched)} in all)" if len(mismatched) > 10 else "")
-        raise ValueError(f"{name} has another architecture than this {type(module).__name__}: {shown}")
+        raise ValueError(f"{name} has another architecture than this {type(module).__name__}: "
+                         f"{listing(mismatched, 10)}")
     loaded = sorted(k for k in own if k in state)
     module.load_state_dict({k: state[k] for k in loaded}, strict=False)
     return {"path": os.fspath(ckpt_path), "loaded": loaded, "fresh": sorted(diff.missing),

@@ -55,9 +55,10 @@ import torch
 from torch import Tensor, nn
 
 from .base import RetrievalModule
+from .checkpoint_io import atomic_torch_save
 from .checkpoints import CLI_INSTANTIATOR
 from .core.similarity import SIMILARITY_KINDS
-from .core.weights import as_state_dict, compare_keys, read_state_dict
+from .core.weights import as_state_dict, compare_keys, listing, read_state_dict
 from .davenet import DAVEnet
 from .resdavenet import ResDAVEnet
 
@@ -102,15 +103,10 @@ def strip_dataparallel(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], 
     return out, stripped
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def _shape(state: Mapping[str, Tensor], key: str, name: str, what: str) -> tuple[int, ...]:
     if key not in state:
         raise ConversionError(
-            f"{name}: no {key!r}, so this is not a {what} state dict (its keys: {_listing(sorted(state), 8)})"
+            f"{name}: no {key!r}, so this is not a {what} state dict (its keys: {listing(sorted(state), 8)})"
         )
     return tuple(state[key].shape)
 
@@ -141,11 +137,11 @@ def match_keys(
     if diff:
         lines = [f"{name} does not fit {type(net).__name__} (the architecture inferred from the weights):"]
         if unexpected:
-            lines.append(f"  unknown keys: {_listing(unexpected)}")
+            lines.append(f"  unknown keys: {listing(unexpected, 12)}")
         if missing:
-            lines.append(f"  missing keys: {_listing(missing)}")
+            lines.append(f"  missing keys: {listing(missing, 12)}")
         if misshaped:
-            lines.append(f"  wrong shapes: {_listing(misshaped)}")
+            lines.append(f"  wrong shapes: {listing(misshaped, 12)}")
         raise ConversionError("\n".join(lines))
     return {ours: value for ours, (_, value) in mapped.items()}
 
@@ -307,7 +303,7 @@ def load_official(
     messages = []
     if dropped:
         messages.append(
-            f"dropped {len(dropped)} keys of {audio_name} that the official forward never uses: {_listing(dropped)}"
+            f"dropped {len(dropped)} keys of {audio_name} that the official forward never uses: {listing(dropped, 12)}"
         )
     vq = [{"position": k, "codes": vq_net.num_codes, "width": vq_net.dim}
           for k in getattr(module.audio_net, "vq_layers", ()) for vq_net in [getattr(module.audio_net, f"quant{k}")]]
@@ -372,10 +368,7 @@ def convert(
     for message in report["warnings"]:
         warnings.warn(message, UserWarning, stacklevel=2)
     ckpt = checkpoint_dict(module, report, audio_path, image_path)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".partial"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out_path)  # no half-written checkpoint if saving fails
+    atomic_torch_save(ckpt, out_path)  # no half-written checkpoint if saving fails
     report = {k: v for k, v in report.items() if k != "unused_state"}
     report["out"] = out_path
     return report

@@ -106,13 +106,18 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict
     return as_state_dict(read_weights(path, what), f"{what} {os.fspath(path)}")
 
 
+def listing(keys: list[str], limit: int) -> str:
+    """The first ``limit`` keys, comma-separated, and how many there are in all when some are left out."""
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
 def as_state_dict(state: Any, name: str) -> dict[str, Tensor]:
     """``state`` as a dict of parameter name -> tensor, or a WeightsFileError naming ``name`` and what is wrong."""
     if not isinstance(state, Mapping):
         raise WeightsFileError(f"{name}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
     not_tensors = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if not_tensors:
-        shown = ", ".join(not_tensors[:8]) + (f", ... ({len(not_tensors)} in all)" if len(not_tensors) > 8 else "")
+        shown = listing(not_tensors, 8)
         hint = " (a Lightning checkpoint? its weights are under 'state_dict')" if "state_dict" in state else ""
         raise WeightsFileError(
             f"{name}: expected a state dict (parameter name -> tensor), but {shown} "

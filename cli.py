@@ -286,16 +286,12 @@ class VGSLightningCLI(LightningCLI):
         and the (idle) checkpoint callbacks point there too, so that Lightning does not warn that the folder of
         the checkpoint it restores has changed."""
         self._eval_run_dir = run.folder
-        for key in ("checkpoint", "last_checkpoint"):
-            if config.get(f"{key}.dirpath") is None:
-                config[f"{key}.dirpath"] = run.checkpoint_dir
+        _point_checkpoints(config, run.checkpoint_dir)
 
     def _continue_run(self, config, run: Run) -> None:
         """Continue ``run`` in its own folder and W&B run: the checkpoint callbacks write into its
         ``checkpoints/`` (which also keeps ModelCheckpoint's best score), the W&B logger reuses its id."""
-        for key in ("checkpoint", "last_checkpoint"):
-            if config.get(f"{key}.dirpath") is None:
-                config[f"{key}.dirpath"] = run.checkpoint_dir
+        _point_checkpoints(config, run.checkpoint_dir)
         wandb_id = run.wandb_run_id
         if wandb_id:
             for logger in _logger_entries(config.get("trainer.logger")):
@@ -311,9 +307,7 @@ class VGSLightningCLI(LightningCLI):
         if trainer.get("logger") is not False or explicit_checkpoint_dir(as_dict):
             return
         folder = next_version_folder(trainer.get("default_root_dir") or os.getcwd())
-        for key in ("checkpoint", "last_checkpoint"):
-            if config.get(f"{key}.dirpath") is None:
-                config[f"{key}.dirpath"] = os.path.join(folder, CHECKPOINTS)
+        _point_checkpoints(config, os.path.join(folder, CHECKPOINTS))
 
     # ---- the trainer --------------------------------------------------------------------------------------
     def instantiate_trainer(self, **kwargs) -> Trainer:
@@ -335,6 +329,13 @@ class VGSLightningCLI(LightningCLI):
 # ---- helpers --------------------------------------------------------------------------------------------------
 def _plain(value):
     return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def _point_checkpoints(config, folder: str) -> None:
+    """Both checkpoint callbacks write into ``folder``, unless the user gave them a ``dirpath``."""
+    for key in ("checkpoint", "last_checkpoint"):
+        if config.get(f"{key}.dirpath") is None:
+            config[f"{key}.dirpath"] = folder
 
 
 def _logger_entries(logger) -> list:

@@ -215,10 +215,3 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mode
     return ckpt
 
 
-def checkpoint_problem(path: str | os.PathLike, model_class_path: str | None = None) -> str | None:
-    """Why ``path`` cannot be resumed or evaluated (the CheckpointReadError message), or None if it can."""
-    try:
-        read_run_checkpoint(path, model_class_path=model_class_path)
-    except CheckpointReadError as err:
-        return str(err)
-    return None

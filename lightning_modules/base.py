@@ -240,9 +240,9 @@ class RetrievalModule(VGSModule):
         image_out, audio_out, out_nframes = self(batch["image"], batch["audio"], batch["nframes"])
         # Captions of one image are never each other's negatives (the losses mask by image id).
         loss = self.loss(image_out, audio_out, out_nframes, self.similarity_kind, image_ids=batch.get("image_id"))
-        loss = self.add_auxiliary_losses(loss, batch["audio"].shape[0])
-        self.check_finite(loss)
         bs = batch["audio"].shape[0]
+        loss = self.add_auxiliary_losses(loss, bs)
+        self.check_finite(loss)
         # Per-step value of this rank for the progress bar; the epoch mean is averaged over ranks.
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)

@@ -223,10 +223,7 @@ class RetrievalRecallMetric(Metric):
         # One feature map per image id: the copy registered with the image's first caption (DDP pads the ranks
         # with repeated items, and an image can occur in several batches). Rows in order of first caption.
         by_first = torch.argsort(image_first, stable=True)
-        by_key = by_first[torch.argsort(image_key[by_first], stable=True)]
-        keep = torch.ones_like(by_key, dtype=torch.bool)
-        keep[1:] = image_key[by_key][1:] != image_key[by_key][:-1]
-        chosen = by_key[keep]  # ascending key
+        chosen = by_first[one_per_index(image_key[by_first])]  # ascending key, each key's earliest copy
         row_order = torch.argsort(image_first[chosen])
         rows = chosen[row_order]
         row_of_sorted_key = torch.argsort(row_order)

@@ -169,6 +169,17 @@ class Manifest:
         return missing
 
 
+def manifest_text(top: dict, items: list[dict], ensure_ascii: bool = True) -> str:
+    """A Places-format manifest as written by this project's generators: the top-level keys ``top``, then
+    ``"data"`` with one item per line (valid JSON, readable diffs)."""
+    head = json.dumps(top)
+    lines = [head[:-1] + ', "data": [']
+    lines += [json.dumps(it, ensure_ascii=ensure_ascii) + ("," if i < len(items) - 1 else "")
+              for i, it in enumerate(items)]
+    lines.append("]}\n")
+    return "\n".join(lines)
+
+
 def read_manifest_json(path: str | os.PathLike) -> tuple[list[dict], dict]:
     """The validated JSON of a Places-format manifest: its items and its other top-level keys.
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import soundfile as sf
 from tqdm import tqdm
 
+from ..manifest import manifest_text
+
 
 class PrepareError(ValueError):
     """A corpus that cannot be prepared: a missing or malformed file, or listed files missing on disk. The
@@ -119,16 +121,12 @@ def write_manifest(split: Split, out_dir: str) -> str:
     """Write `<out_dir>/<name>.json` (Places format, one item per line) with base paths relative to it."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{split.name}.json")
-    head = json.dumps({
+    top = {
         "image_base_path": os.path.relpath(os.path.abspath(split.image_base), os.path.abspath(out_dir)),
         "audio_base_path": os.path.relpath(os.path.abspath(split.audio_base), os.path.abspath(out_dir)),
-    })
-    lines = [head[:-1] + ', "data": [']
-    lines += [json.dumps(it, ensure_ascii=False) + ("," if i < len(split.items) - 1 else "")
-              for i, it in enumerate(split.items)]
-    lines.append("]}\n")
+    }
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+        f.write(manifest_text(top, split.items, ensure_ascii=False))
     return path
 
 

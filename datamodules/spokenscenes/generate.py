@@ -56,6 +56,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..alignment import format_alignment
+from ..manifest import manifest_text
 from .captions import make_caption
 from .scenes import COLOURS, SCENE_NAMES, SHAPES, SIZES, draw_scene, place_path
 from .speech import SAMPLE_RATE, SPEAKERS, espeak_version, speak
@@ -147,11 +148,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _write_manifest(path: Path, entries: list[dict]) -> int:
     """Places-format JSON with one entry per line (valid JSON, readable diffs); returns the bytes written."""
-    head = json.dumps({"image_base_path": "images", "audio_base_path": "wavs", "mask_base_path": "masks"})
-    lines = [head[:-1] + ', "data": [']
-    lines += [json.dumps(e) + ("," if i < len(entries) - 1 else "") for i, e in enumerate(entries)]
-    lines.append("]}\n")
-    text = "\n".join(lines)
+    text = manifest_text({"image_base_path": "images", "audio_base_path": "wavs", "mask_base_path": "masks"},
+                         entries)
     _write_atomic(path, text)
     return len(text.encode())
 

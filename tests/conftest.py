@@ -22,6 +22,21 @@ from PIL import Image  # noqa: E402
 DEFAULT_CLASSES = ("runway", "abbey", "apartment_building/outdoor")
 
 
+@pytest.fixture(autouse=True)
+def _no_wandb_run_left_over():
+    """Finish a W&B run a test leaves open and W&B's process-wide setup: Lightning's WandbLogger adopts
+    ``wandb.run`` when one exists, and W&B keeps the mode of its first run (``WANDB_MODE=disabled``) for the
+    process, so a later test's offline run would otherwise log nowhere."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")  # only when a test imported it
+    if wandb is not None:
+        if getattr(wandb, "run", None) is not None:
+            wandb.finish()
+        wandb.teardown()
+
+
 def _write_wav(
     path: str | os.PathLike,
     seconds: float = 0.5,
